@@ -1,0 +1,1 @@
+"""Experiments built on pmm_jax: models, data, training CLI, benchmarks."""

@@ -1,0 +1,190 @@
+"""Input checks: cheap trace-time checks and an opt-in checked mode.
+
+Two kinds of check, because jit can only see shapes and dtypes:
+
+* Trace-time (always on, free at run time): ranks, dtypes, a shared batch size,
+    ``kernel.shape == (d, k)`` and ``k >= 2``. They run while JAX traces the
+    function, so they raise a Python ``TypeError`` / ``ValueError`` that names the
+    argument and the shapes, under ``jit``, ``pmap`` and ``shard_map`` alike.
+* Values (opt-in): labels outside ``[0, k)`` and NaN/Inf in the inputs cannot be
+    seen at trace time. :func:`validate_batch` checks them with
+    ``jax.experimental.checkify``: call it eagerly, or inside a function that you
+    wrap with ``checkify.checkify`` (then call ``err.throw()``). Calling it inside a
+    plain ``jax.jit`` without ``checkify`` is an error, by checkify's design.
+
+Without the checked mode, out-of-range labels are *not* detected under jit:
+gathers clamp them, and the result is silently wrong.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+
+def _dtype_of(x) -> np.dtype:
+    return np.dtype(jnp.result_type(x))
+
+
+def _shape_of(x) -> tuple[int, ...]:
+    return tuple(np.shape(x))
+
+
+def check_floating(name: str, x) -> None:
+    """Raises ``TypeError`` unless ``x`` has a floating dtype."""
+    if not jnp.issubdtype(_dtype_of(x), jnp.floating):
+        raise TypeError(
+            f"`{name}` must have a floating dtype (float32, bfloat16, float16, ...); "
+            f"got {_dtype_of(x)} with shape {_shape_of(x)}."
+        )
+
+
+def check_integer(name: str, x) -> None:
+    """Raises ``TypeError`` unless ``x`` has an integer dtype."""
+    if not jnp.issubdtype(_dtype_of(x), jnp.integer):
+        raise TypeError(
+            f"`{name}` must hold integer class indices (int32/int64); got dtype "
+            f"{_dtype_of(x)} with shape {_shape_of(x)}. One-hot labels are not accepted: "
+            "pass `labels.argmax(-1)`."
+        )
+
+
+def check_rank(name: str, x, rank: int, layout: str) -> None:
+    """Raises ``ValueError`` unless ``x`` has the given rank."""
+    shape = _shape_of(x)
+    if len(shape) != rank:
+        raise ValueError(
+            f"`{name}` must have rank {rank} ({layout}); got shape {shape} (rank {len(shape)})."
+        )
+
+
+def check_logits_labels(logits, labels) -> tuple[int, int]:
+    """Checks ``logits: float[B, k]`` and ``labels: int[B]``; returns ``(B, k)``."""
+    check_floating("logits", logits)
+    check_rank("logits", logits, 2, "[batch, num_classes]")
+    check_integer("labels", labels)
+    check_rank("labels", labels, 1, "[batch]")
+    batch, k = _shape_of(logits)
+    if _shape_of(labels)[0] != batch:
+        raise ValueError(
+            f"`labels` and `logits` must share the batch size: labels {_shape_of(labels)}, "
+            f"logits {_shape_of(logits)}."
+        )
+    if k < 2:
+        raise ValueError(
+            f"PMM needs at least 2 classes (a true class and a competitor); `logits` has "
+            f"shape {_shape_of(logits)}, i.e. k={k}."
+        )
+    return batch, k
+
+
+def check_features(features, batch: int | None = None) -> int:
+    """Checks ``features: float[B, d]`` (and ``B`` if given); returns ``d``."""
+    check_floating("features", features)
+    check_rank("features", features, 2, "[batch, feature_dim]")
+    if batch is not None and _shape_of(features)[0] != batch:
+        raise ValueError(
+            f"`features` and `logits` must share the batch size: features "
+            f"{_shape_of(features)}, batch size {batch}."
+        )
+    return _shape_of(features)[1]
+
+
+def check_kernel(kernel, dim: int | None, num_classes: int) -> None:
+    """Checks ``kernel: float[d, k]`` in the Flax ``nn.Dense`` layout."""
+    check_floating("kernel", kernel)
+    check_rank("kernel", kernel, 2, "[feature_dim, num_classes], the flax Dense layout")
+    shape = _shape_of(kernel)
+    if shape[1] != num_classes or (dim is not None and shape[0] != dim):
+        want = f"({dim if dim is not None else 'd'}, {num_classes})"
+        hint = ""
+        if dim is not None and shape == (num_classes, dim):
+            hint = " It looks transposed (PyTorch nn.Linear stores [k, d]); pass `kernel.T`."
+        raise ValueError(
+            f"`kernel` must have shape {want} = (features.shape[-1], logits.shape[-1]); got "
+            f"{shape}.{hint}"
+        )
+
+
+def check_where(where, batch: int) -> None:
+    """Checks the optional mask ``where: bool[B]``."""
+    if where is None:
+        return
+    if _dtype_of(where) != np.bool_:
+        raise TypeError(
+            f"`where` must be a boolean mask of shape ({batch},) (True = real example); got "
+            f"dtype {_dtype_of(where)} with shape {_shape_of(where)}."
+        )
+    if _shape_of(where) != (batch,):
+        raise ValueError(
+            f"`where` must have shape ({batch},) (one flag per example); got {_shape_of(where)}."
+        )
+
+
+def validate_batch(logits, labels, *, features=None, kernel=None, where=None) -> None:
+    """Value checks that jit cannot do at trace time (the checked mode).
+
+    Checks, on the rows selected by ``where`` (all rows by default), that labels lie
+    in ``[0, k)`` and that ``logits``, ``features`` and ``kernel`` are finite.
+    Shapes and dtypes are checked too, as in every public function.
+
+    Use it eagerly, where it raises at once::
+
+        pmm_jax.validate_batch(logits, labels, features=feats, kernel=kernel)
+
+    or inside a jitted function wrapped with ``checkify``::
+
+        from jax.experimental import checkify
+
+        def loss_fn(logits, labels, feats, kernel):
+            pmm_jax.validate_batch(logits, labels, features=feats, kernel=kernel)
+            return pmm_jax.pmm_penalty(logits, labels, feats, kernel).sum()
+
+        err, value = jax.jit(checkify.checkify(loss_fn))(logits, labels, feats, kernel)
+        err.throw()  # raises JaxRuntimeError naming the failed check
+
+    Args:
+        logits: ``float[B, k]`` scores.
+        labels: ``int[B]`` class indices.
+        features: optional ``float[B, d]`` penultimate features.
+        kernel: optional ``float[d, k]`` last-layer kernel.
+        where: optional ``bool[B]`` mask of real examples.
+
+    Raises:
+        TypeError, ValueError: wrong dtypes or shapes (at trace time).
+        jax.experimental.checkify.JaxRuntimeError: a value check failed (eagerly, or
+            from ``err.throw()`` under ``checkify``).
+    """
+    batch, k = check_logits_labels(logits, labels)
+    check_where(where, batch)
+    dim = None
+    if features is not None:
+        dim = check_features(features, batch)
+    if kernel is not None:
+        check_kernel(kernel, dim, k)
+    mask = jnp.ones((batch,), bool) if where is None else jnp.asarray(where)
+    labels = jnp.asarray(labels)
+    bad = mask & ((labels < 0) | (labels >= k))
+    checkify.check(
+        ~jnp.any(bad),
+        "`labels` must lie in [0, {k}); first bad row {row} holds {value}",
+        k=jnp.asarray(k),
+        row=jnp.argmax(bad),
+        value=labels[jnp.argmax(bad)],
+    )
+    finite_rows = jnp.all(jnp.isfinite(jnp.asarray(logits)), axis=-1)
+    checkify.check(
+        jnp.all(finite_rows | ~mask),
+        "`logits` has NaN/Inf in row {row}",
+        row=jnp.argmin(finite_rows | ~mask),
+    )
+    if features is not None:
+        finite_rows = jnp.all(jnp.isfinite(jnp.asarray(features)), axis=-1)
+        checkify.check(
+            jnp.all(finite_rows | ~mask),
+            "`features` has NaN/Inf in row {row}",
+            row=jnp.argmin(finite_rows | ~mask),
+        )
+    if kernel is not None:
+        checkify.check(jnp.all(jnp.isfinite(jnp.asarray(kernel))), "`kernel` has NaN/Inf entries")

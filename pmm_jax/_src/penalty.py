@@ -1,0 +1,404 @@
+r"""The PMM penalty and its parts, as pure per-example functions.
+
+Notation (paper §II-III, pinned down in DESIGN.md §1): a batch of ``B`` examples
+with penultimate features ``phi: [B, d]``, integer labels ``y: [B]``, the last
+layer's kernel ``W: [d, k]`` in the Flax ``nn.Dense`` layout (``W[:, j] = w_j``)
+and scores ``s = phi @ W + b: [B, k]``.
+
+* competitor class   ``m_i = argmax_{j != y_i} s_ij``
+* margin gap         ``xi_i = s_{i, y_i} - s_{i, m_i}``
+* pairwise distance  ``d_i = xi_i / ||w_{y_i} - w_{m_i}||``            (Eq. 8)
+* radius             ``r = max_i ||phi_i||`` over the whole global batch
+* penalty            ``R_i = ||w_{y_i} - w_{m_i}||^2 * r^2``            (Eq. 9)
+
+Cost. Only two kernel columns matter per example, so everything here is a
+gather of ``2B`` columns and ``O(B d)`` arithmetic beyond one pass over the
+logits (for the competitor's ``argmax``). There is no ``k x k`` pairwise matrix,
+no ``[B, k, d]`` tensor and no one-hot-times-kernel product; ``tests/test_cost.py``
+checks the jaxpr.
+
+Gradients. ``m_i`` is an integer ``argmax``: no gradient flows through the
+choice. With ``s_i = ||w_{y_i} - w_{m_i}||^2`` and ``rho = r^2``:
+
+* ``dR_i / dw_{y_i} = 2 rho (w_{y_i} - w_{m_i})`` and
+  ``dR_i / dw_{m_i} = -2 rho (w_{y_i} - w_{m_i})``; other columns get nothing;
+* ``dR_i / dphi_j = s_i * 2 phi_j`` if row ``j`` holds the maximal norm (ties share
+  it equally, as ``jnp.max`` does), else 0; cut with ``stop_radius_gradient``.
+
+The kernel gradient is assembled *without* a floating-point scatter-add (which is
+non-deterministic on GPUs): the ``2B`` column updates are sorted by class
+(integer sort), summed per class by a segmented associative scan (a fixed
+reduction tree), and written with a scatter whose indices are unique. The result
+is bitwise reproducible from run to run on every backend.
+
+Numerics. Everything is computed in float32 whatever the input dtype (bf16/f16
+inputs are upcast after the gather, so the full kernel is never copied; float64
+inputs under ``jax_enable_x64`` stay float64). ``r^2``
+is taken as the max of *squared* norms, so ``r = 0`` has a finite gradient;
+``||w_y - w_m||^2`` is a gather-and-subtract (exact for equal columns, no
+cancellation as in ``||w_y||^2 + ||w_m||^2 - 2 w_y.w_m``).
+
+References:
+  Weinstein, Fine, Hel-Or, "Pairwise Margin Maximization for Deep Neural
+  Networks", arXiv:2110.04519.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pmm_jax._src import checks
+
+Array = jax.Array
+
+
+def _acc(dtype) -> jnp.dtype:
+    """The compute dtype: float32, or wider if the input is (float64 under x64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def competitor_classes(logits: Array, labels: Array) -> Array:
+    """The most competitive wrong class of each example.
+
+    ``m_i = argmax_{j != y_i} logits[i, j]`` (ties go to the lowest index, as
+    ``jnp.argmax``). Integer output: no gradient flows through it.
+
+    Args:
+      logits: ``float[B, k]`` scores, ``k >= 2``.
+      labels: ``int[B]`` true classes in ``[0, k)`` (not checked under jit; see
+        :func:`pmm_jax.validate_batch`).
+
+    Returns:
+      ``int32[B]`` competitor classes, always different from ``labels``.
+
+    Example:
+      >>> import jax.numpy as jnp, pmm_jax
+      >>> logits = jnp.array([[3.0, 2.0, 1.0], [0.0, 5.0, 4.0]])
+      >>> pmm_jax.competitor_classes(logits, jnp.array([0, 0])).tolist()
+      [1, 1]
+    """
+    _, k = checks.check_logits_labels(logits, labels)
+    return _competitor_classes(jnp.asarray(logits), jnp.asarray(labels), k)
+
+
+def _competitor_classes(logits: Array, labels: Array, k: int) -> Array:
+    labels = labels.astype(jnp.int32)
+    is_true = jnp.arange(k, dtype=jnp.int32)[None, :] == labels[:, None]
+    masked = jnp.where(is_true, jnp.array(-jnp.inf, logits.dtype), logits)
+    m = jnp.argmax(lax.stop_gradient(masked), axis=-1).astype(jnp.int32)
+    # Only when every wrong score is -inf (or NaN) can argmax land on the true
+    # class; any wrong class is then as good as another.
+    return jnp.where(m == labels, (labels + 1) % k, m)
+
+
+def _radius_sq(features: Array, mask: Array | None, axis_name) -> Array:
+    """``r^2 = max_i ||phi_i||^2`` over selected rows, global over ``axis_name``."""
+    sq = jnp.sum(jnp.square(features.astype(_acc(features.dtype))), axis=-1)
+    if mask is not None:
+        sq = jnp.where(mask, sq, 0.0)
+    local = jnp.max(sq, initial=0.0)
+    if axis_name is None:
+        return local
+    # The collective max, written as all_gather + max so that it is
+    # differentiable: all_gather's transpose sums the cotangent of r^2 over the
+    # devices and hands it to the device(s) holding the max (lax.pmax has no
+    # differentiation rule).
+    return jnp.max(lax.all_gather(local, axis_name))
+
+
+def _safe_sqrt(x: Array) -> Array:
+    """``sqrt`` with a zero (not NaN) gradient at 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def feature_radius(features: Array, *, where: Array | None = None, axis_name=None) -> Array:
+    """The feature-space radius ``r = max_i ||phi_i||_2`` of the batch.
+
+    Args:
+      features: ``float[B, d]`` penultimate features.
+      where: optional ``bool[B]``; rows with ``False`` (padding) are left out.
+      axis_name: name of a mapped axis (``pmap`` / ``shard_map``) over which the
+        batch is split; the result is then the radius of the *global* batch
+        (a collective max, with gradient routed to the device holding the max).
+        ``None`` (default) for a single device or for ``jit`` over global arrays,
+        where the batch already is global.
+
+    Returns:
+      ``float32[]``; ``0.0`` when no row is selected.
+
+    Example:
+      >>> import jax.numpy as jnp, pmm_jax
+      >>> float(pmm_jax.feature_radius(jnp.array([[3.0, 4.0], [1.0, 0.0]])))
+      5.0
+    """
+    checks.check_features(features)
+    checks.check_where(where, jnp.shape(features)[0])
+    return _safe_sqrt(_radius_sq(jnp.asarray(features), where, axis_name))
+
+
+# --- ||w_y - w_m||^2 with a deterministic backward pass ----------------------
+
+
+@jax.custom_vjp
+def _pair_sq_dist(kernel: Array, labels: Array, competitors: Array) -> Array:
+    """``||kernel[:, y_i] - kernel[:, m_i]||^2`` for each i, in float32."""
+    return _pair_diff(kernel, labels, competitors)[1]
+
+
+def _batch_axes(x):
+    """Mesh axes that ``x``'s leading (batch) dim is *explicitly* sharded over.
+
+    ``None`` outside ``jax.sharding.AxisType.Explicit`` meshes (Auto axes, inside
+    ``shard_map``/``pmap``, single device), where nothing needs to be said.
+    """
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    return spec[0] if spec else None
+
+
+def _take_columns(kernel, idx):
+    """``kernel[:, idx]`` (``[d, B]``), sharded like ``idx`` on explicit meshes."""
+    axes = _batch_axes(idx)
+    if axes is None:
+        return jnp.take(kernel, idx, axis=1, mode="clip")
+    out = NamedSharding(jax.typeof(idx).sharding.mesh, P(None, axes))
+    return kernel.at[:, idx].get(mode="clip", out_sharding=out)
+
+
+def _replicated(x):
+    return NamedSharding(jax.typeof(x).sharding.mesh, P())
+
+
+def _pair_diff(kernel, labels, competitors):
+    acc = _acc(kernel.dtype)
+    w_y = _take_columns(kernel, labels).astype(acc)  # [d, B]
+    w_m = _take_columns(kernel, competitors).astype(acc)
+    diff = w_y - w_m
+    return diff, jnp.sum(jnp.square(diff), axis=0)
+
+
+def _pair_sq_dist_fwd(kernel, labels, competitors):
+    diff, sq = _pair_diff(kernel, labels, competitors)
+    # An empty [0, k] array carries k and the kernel's dtype (residuals must be arrays).
+    like = jnp.zeros((0, kernel.shape[1]), kernel.dtype)
+    return sq, (diff, labels, competitors, like)
+
+
+def _segmented_add(a, b):
+    """Associative op of a segmented sum: ``(flag, value)`` pairs."""
+    flag_a, val_a = a
+    flag_b, val_b = b
+    return flag_a | flag_b, jnp.where(flag_b[:, None], val_b, val_a + val_b)
+
+
+def _pair_sq_dist_bwd(res, g):
+    diff, labels, competitors, like = res
+    d, k = diff.shape[0], like.shape[1]
+    batch = labels.shape[0]
+    if _batch_axes(labels) is not None:
+        # Explicitly sharded batch (jit over a mesh): gather the O(B d) update
+        # rows so that the sort and the write below act on the whole batch.
+        diff, labels, competitors, g = (
+            jax.sharding.reshard(x, _replicated(x)) for x in (diff, labels, competitors, g)
+        )
+    contrib = (2.0 * g)[None, :] * diff  # [d, B]: dR/dw_y; dR/dw_m is its negative.
+    cls = jnp.concatenate([labels, competitors]).astype(jnp.int32)  # [2B]
+    vals = jnp.concatenate([contrib, -contrib], axis=1).T  # [2B, d]
+    order = jnp.argsort(cls, stable=True)
+    cls, vals = cls[order], vals[order]
+    starts = jnp.concatenate([jnp.ones((1,), bool), cls[1:] != cls[:-1]])
+    ends = jnp.concatenate([cls[1:] != cls[:-1], jnp.ones((1,), bool)])
+    _, sums = lax.associative_scan(_segmented_add, (starts, vals))
+    # One write per class; the other rows go to distinct out-of-range slots and
+    # are dropped, so every index is unique and no two updates are ever added.
+    target = jnp.where(ends, cls, k + jnp.arange(2 * batch, dtype=jnp.int32))
+    grad = jnp.zeros((d, k), sums.dtype).at[:, target].set(sums.T, mode="drop", unique_indices=True)
+    return grad.astype(like.dtype), None, None
+
+
+_pair_sq_dist.defvjp(_pair_sq_dist_fwd, _pair_sq_dist_bwd)
+
+
+def _varying_axes(x) -> frozenset:
+    """Mesh axes over which ``x`` varies inside ``shard_map`` (empty elsewhere)."""
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)  # JAX <= 0.9 spelling
+    if vma is None:
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", ())
+    return frozenset(vma)
+
+
+def _vary_like(x, *refs):
+    """Marks ``x`` as varying over the axes that ``refs`` vary over.
+
+    Under ``shard_map(check_vma=True)`` a replicated kernel is *invariant* while
+    the labels are *varying*; a custom VJP must return a cotangent of its input's
+    type, so the kernel is cast to varying first (a no-op on the data whose
+    transpose is the ``psum`` of the per-device kernel gradients).
+    """
+    missing = frozenset().union(*(_varying_axes(r) for r in refs)) - _varying_axes(x)
+    if not missing:
+        return x
+    axes = tuple(sorted(missing, key=str))
+    return lax.pcast(x, axes, to="varying") if hasattr(lax, "pcast") else lax.pvary(x, axes)
+
+
+def _sanitize(labels, competitors, mask, k):
+    """Gives masked rows valid, distinct class indices (their result is zeroed)."""
+    labels = labels.astype(jnp.int32)
+    if mask is None:
+        return labels, competitors
+    return jnp.where(mask, labels, 0), jnp.where(mask, competitors, 1 % k)
+
+
+def pmm_penalty(
+    logits: Array,
+    labels: Array,
+    features: Array,
+    kernel: Array,
+    *,
+    where: Array | None = None,
+    axis_name=None,
+    stop_radius_gradient: bool = False,
+) -> Array:
+    r"""Per-example Pairwise Margin Maximization penalty (paper Eq. 9).
+
+    ``R_i = ||w_{y_i} - w_{m_i}||^2 * r^2`` with ``m_i`` the competitor class
+    (:func:`competitor_classes`) and ``r`` the radius of the global batch
+    (:func:`feature_radius`). The bias is not penalized. The caller reduces; the
+    paper's alpha values assume ``alpha * R.sum()`` next to a *mean*
+    cross-entropy (see :func:`pmm_jax.pmm_loss`).
+
+    Gradient flows into the two kernel columns of each example and, unless
+    ``stop_radius_gradient``, through ``r`` into the max-norm feature row(s);
+    never through the choice of ``m_i``. The kernel gradient is bitwise
+    deterministic (no floating scatter-add; see the module docstring).
+
+    Args:
+      logits: ``float[B, k]`` scores ``phi @ W + b``; used only to pick ``m_i``.
+      labels: ``int[B]`` true classes.
+      features: ``float[B, d]`` the last layer's input ``phi``.
+      kernel: ``float[d, k]`` the last layer's kernel (flax ``nn.Dense`` layout).
+      where: optional ``bool[B]``: ``False`` rows (padding) give 0 and are left
+        out of ``r``.
+      axis_name: mapped axis (``pmap``/``shard_map``) the batch is split over;
+        ``r`` is then the collective max over it. ``None`` when the batch is
+        already global (single device, or ``jit`` over sharded global arrays).
+      stop_radius_gradient: if True, treat ``r`` as a constant.
+
+    Returns:
+      ``float32[B]`` penalties, ``0`` on masked rows.
+
+    Shapes and dtypes are checked at trace time; label ranges and NaNs only in
+    the checked mode (:func:`pmm_jax.validate_batch`).
+
+    Example:
+      >>> import jax.numpy as jnp, pmm_jax
+      >>> kernel = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # d=2, k=3
+      >>> feats = jnp.array([[3.0, 4.0], [0.0, 1.0]])               # r = 5
+      >>> logits = feats @ kernel
+      >>> pmm_jax.pmm_penalty(logits, jnp.array([0, 2]), feats, kernel).tolist()
+      [50.0, 25.0]
+
+    References:
+      Weinstein, Fine, Hel-Or, "Pairwise Margin Maximization for Deep Neural
+      Networks", §III, Eq. 9.
+    """
+    batch, k = checks.check_logits_labels(logits, labels)
+    dim = checks.check_features(features, batch)
+    checks.check_kernel(kernel, dim, k)
+    checks.check_where(where, batch)
+    penalty, _, _ = _pmm_penalty(
+        jnp.asarray(logits),
+        jnp.asarray(labels),
+        jnp.asarray(features),
+        jnp.asarray(kernel),
+        where=where,
+        axis_name=axis_name,
+        stop_radius_gradient=stop_radius_gradient,
+    )
+    return penalty
+
+
+def _pair_terms(logits, labels, kernel, where):
+    """Competitors (sanitized under ``where``) and ``||w_y - w_m||^2``: ``[B]`` each."""
+    k = logits.shape[-1]
+    competitors = _competitor_classes(logits, labels, k)
+    labels, competitors = _sanitize(labels, competitors, where, k)
+    kernel = _vary_like(kernel, labels, competitors)
+    return labels, competitors, _pair_sq_dist(kernel, labels, competitors)
+
+
+def _pmm_penalty(logits, labels, features, kernel, *, where, axis_name, stop_radius_gradient):
+    """Unchecked :func:`pmm_penalty`; also returns ``r^2`` and the pair terms."""
+    pair = _pair_terms(logits, labels, kernel, where)
+    r_sq = _radius_sq(features, where, axis_name)
+    if stop_radius_gradient:
+        r_sq = lax.stop_gradient(r_sq)
+    penalty = pair[2] * r_sq
+    if where is not None:
+        penalty = jnp.where(where, penalty, 0.0)
+    return penalty, r_sq, pair
+
+
+def pairwise_margins(
+    logits: Array,
+    labels: Array,
+    kernel: Array,
+    *,
+    radius: Array | float | None = None,
+    where: Array | None = None,
+) -> Array:
+    r"""Signed distance of each example to its pairwise boundary (paper Eq. 8).
+
+    ``d_i = (s_{i,y_i} - s_{i,m_i}) / ||w_{y_i} - w_{m_i}||``: positive iff the
+    example is classified right, in feature-space units. The raw distance grows
+    if the features are scaled up; pass ``radius=feature_radius(features)`` to
+    get the scale-free *normalized* margin ``d_i / r`` (what the paper's
+    normalization argues for, and what the training metrics report).
+
+    Where the two columns coincide (``w_y = w_m``) there is no boundary and the
+    distance is undefined; it is reported as ``0`` (with a zero gradient). A zero
+    ``radius`` likewise gives ``0``.
+
+    Args:
+      logits: ``float[B, k]`` scores.
+      labels: ``int[B]`` true classes.
+      kernel: ``float[d, k]`` last-layer kernel.
+      radius: optional scalar to divide by (e.g. :func:`feature_radius`).
+      where: optional ``bool[B]``; ``False`` rows give 0.
+
+    Returns:
+      ``float32[B]`` signed distances.
+
+    Example:
+      >>> import jax.numpy as jnp, pmm_jax
+      >>> kernel = jnp.array([[1.0, -1.0], [0.0, 0.0]])
+      >>> logits = jnp.array([[2.0, -2.0]])      # phi = (2, 0)
+      >>> pmm_jax.pairwise_margins(logits, jnp.array([0]), kernel).tolist()
+      [2.0]
+    """
+    batch, k = checks.check_logits_labels(logits, labels)
+    checks.check_kernel(kernel, None, k)
+    checks.check_where(where, batch)
+    return _pairwise_margins(
+        jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(kernel), radius=radius, where=where
+    )
+
+
+def _pairwise_margins(logits, labels, kernel, *, radius=None, where=None, pair=None):
+    labels, competitors, sq_dist = pair or _pair_terms(logits, labels, kernel, where)
+    acc = _acc(logits.dtype)
+    s_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0].astype(acc)
+    s_m = jnp.take_along_axis(logits, competitors[:, None], axis=-1)[:, 0].astype(acc)
+    denom = _safe_sqrt(sq_dist)
+    if radius is not None:
+        denom = denom * jnp.asarray(radius, denom.dtype)
+    ok = denom > 0
+    if where is not None:
+        ok = ok & where
+    return jnp.where(ok, (s_y - s_m) / jnp.where(ok, denom, 1.0), 0.0)
