@@ -1,0 +1,43 @@
+"""Training with PMM: train state, train/eval steps, data parallelism, checkpoints.
+
+Needs Flax and orbax-checkpoint (``pip install "pmm_jax[experiments]"``);
+``import pmm_jax`` alone does not import this package.
+"""
+
+from pmm_jax.training.adapters import with_pre_logits
+from pmm_jax.training.checkpoint import CheckpointCorruptWarning, Checkpointer
+from pmm_jax.training.parallel import (
+    DATA_AXIS,
+    check_divisible,
+    jit_sharded,
+    make_mesh,
+    pmap_step,
+    replicate,
+    replicate_on_mesh,
+    shard_batch_on_mesh,
+    split_for_devices,
+    unreplicate,
+)
+from pmm_jax.training.state import TrainState, create_train_state, nonfinite_steps
+from pmm_jax.training.steps import make_eval_step, make_train_step
+
+__all__ = [
+    "DATA_AXIS",
+    "CheckpointCorruptWarning",
+    "Checkpointer",
+    "TrainState",
+    "check_divisible",
+    "create_train_state",
+    "jit_sharded",
+    "make_eval_step",
+    "make_mesh",
+    "make_train_step",
+    "nonfinite_steps",
+    "pmap_step",
+    "replicate",
+    "replicate_on_mesh",
+    "shard_batch_on_mesh",
+    "split_for_devices",
+    "unreplicate",
+    "with_pre_logits",
+]

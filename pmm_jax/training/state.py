@@ -1,0 +1,111 @@
+"""The train state and its creation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a training step reads and writes, as one pytree.
+
+    Attributes:
+      step: ``int32[]`` optimizer steps taken (including skipped non-finite ones).
+      params: the model parameters (``variables["params"]``).
+      batch_stats: BatchNorm statistics (``variables["batch_stats"]``), ``{}`` for
+        models without BatchNorm.
+      opt_state: the optax state; the optimizer is wrapped in
+        ``optax.apply_if_finite``, so it also counts skipped steps.
+      rng: ``uint32[2]`` base PRNG key (raw key data, so it checkpoints as a plain
+        array); each step folds in the step number (and the device index under
+        ``pmap``).
+      apply_fn: ``model.apply`` (static).
+      tx: the optax transformation (static).
+    """
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
+    rng: jax.Array
+    apply_fn: Callable = flax.struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+    @property
+    def variables(self) -> dict:
+        out = {"params": self.params}
+        if self.batch_stats:
+            out["batch_stats"] = self.batch_stats
+        return out
+
+    def checkpoint_items(self) -> dict:
+        """The arrays to save: everything but the static functions."""
+        return {
+            "step": self.step,
+            "params": self.params,
+            "batch_stats": self.batch_stats,
+            "opt_state": self.opt_state,
+            "rng": self.rng,
+        }
+
+    def replace_items(self, items: dict) -> TrainState:
+        return self.replace(**items)
+
+
+def create_train_state(
+    model,
+    tx: optax.GradientTransformation,
+    sample_input,
+    *,
+    seed: int = 0,
+    max_consecutive_nonfinite: int = 100,
+) -> TrainState:
+    """Initializes a model that follows the contract and wraps ``tx``.
+
+    ``tx`` is wrapped in ``optax.apply_if_finite``: a step whose gradients hold a
+    NaN/Inf leaves the parameters unchanged and is counted
+    (``opt_state.total_notfinite``); after ``max_consecutive_nonfinite`` in a row
+    the update is applied anyway (optax's rule), so a diverged run shows up.
+
+    Args:
+      model: a flax linen module (or an adapter with ``init``/``apply``) called as
+        ``model.apply(variables, x, train=...)``.
+      tx: the optimizer.
+      sample_input: a batch of model input (an array or a dict of arrays) of the
+        right shape and dtype; only its shape matters.
+      seed: seeds the parameters and the state's rng.
+      max_consecutive_nonfinite: see above.
+
+    Returns:
+      A :class:`TrainState` at step 0.
+    """
+    key = jax.random.PRNGKey(seed)
+    init_key, dropout_key, state_key = jax.random.split(key, 3)
+    variables = jax.jit(
+        lambda k, d: model.init({"params": k, "dropout": d}, sample_input, train=False)
+    )(init_key, dropout_key)
+    variables = dict(variables)
+    params = variables.pop("params")
+    batch_stats = variables.pop("batch_stats", {})
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=max_consecutive_nonfinite)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=state_key,
+        apply_fn=model.apply,
+        tx=tx,
+    )
+
+
+def nonfinite_steps(state: TrainState) -> jax.Array:
+    """How many steps were skipped for non-finite gradients so far."""
+    return state.opt_state.total_notfinite

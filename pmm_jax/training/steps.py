@@ -1,0 +1,262 @@
+"""Pure train and eval steps: model -> (logits, features) -> PMM loss -> optax.
+
+One step function serves every parallel form:
+
+* single device, or ``jax.jit`` over a ``Mesh`` with the batch sharded
+  ``P("data")`` and the state replicated: leave ``axis_name=None``; the batch is
+  global, so the radius, the means and the BatchNorm statistics are global too;
+* ``jax.pmap`` / ``shard_map`` with ``axis_name``: the radius is the collective
+  max, the loss is each device's share (see ``pmm_jax.pmm_loss``), gradients,
+  metrics and BatchNorm statistics are ``pmean``-ed; build BatchNorm models with
+  ``bn_axis_name=axis_name`` so that the forward pass normalizes with global
+  statistics too.
+
+With the same global batch, all of them give the same new parameters (to float
+rounding); ``tests/test_training_parallel.py`` checks it on 8 fake CPU devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+import pmm_jax
+from pmm_jax.training.state import TrainState
+
+Batch = dict[str, Any]
+Preprocess = Callable[[jax.Array, Batch, bool], Batch]
+
+
+def _identity_preprocess(rng, batch, train):
+    del rng, train
+    return batch
+
+
+def step_rng(state: TrainState, axis_name=None) -> jax.Array:
+    """The step's PRNG key: the state's key, folded with the step (and device index)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+    return rng
+
+
+def _mean_share(values, mask, axis_name):
+    """Masked mean of ``values`` as this device's share (pmean gives the global mean)."""
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    count = jnp.sum(mask, dtype=jnp.float32)
+    if axis_name is not None:
+        count = lax.psum(count, axis_name)
+        total = total * lax.psum(1.0, axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
+def _masked_min(values, mask, axis_name):
+    out = jnp.min(jnp.where(mask, values, jnp.inf))
+    return out if axis_name is None else lax.pmin(out, axis_name)
+
+
+def _apply(state, params, batch_stats, x, *, train, rng=None):
+    """Runs the model; returns ``(logits, pre_logits, new_batch_stats)``."""
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    kwargs = {}
+    if rng is not None:
+        kwargs["rngs"] = {"dropout": rng}
+    new_stats = batch_stats
+    if train and batch_stats:
+        out, updates = state.apply_fn(variables, x, train=True, mutable=["batch_stats"], **kwargs)
+        new_stats = updates["batch_stats"]
+    else:
+        out = state.apply_fn(variables, x, train=train, **kwargs)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)) or (
+        "pre_logits" not in out[1]
+    ):
+        raise TypeError(
+            "The model must return (logits, aux) with aux['pre_logits'] = the head's input; "
+            "wrap models that return plain logits with pmm_jax.training.with_pre_logits."
+        )
+    logits, aux = out
+    return logits, aux["pre_logits"], new_stats
+
+
+def make_train_step(
+    *,
+    alpha: float | Callable | None,
+    base_loss: Callable = optax.losses.softmax_cross_entropy_with_integer_labels,
+    penalty_reduction: str = "sum",
+    stop_radius_gradient: bool = False,
+    head: pmm_jax._src.params.HeadPath = "head",
+    axis_name: str | None = None,
+    preprocess: Preprocess | None = None,
+    margin_metrics: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds a pure ``(state, batch) -> (state, metrics)`` training step.
+
+    The step: ``preprocess`` (on device, e.g. augmentation) -> model apply
+    (train mode: dropout rng per step and per device, BatchNorm statistics
+    updated) -> ``(logits, aux["pre_logits"])`` -> ``base_loss + alpha(step) *
+    PMM`` (:func:`pmm_jax.pmm_loss`) -> gradients -> optax update. A step with
+    non-finite gradients leaves params and BatchNorm statistics unchanged
+    (``optax.apply_if_finite`` in the state's optimizer) and is counted.
+
+    Jit it yourself (``jax.jit(step, donate_argnums=0)``), or use
+    :func:`pmm_jax.training.jit_sharded` / :func:`pmm_jax.training.pmap_step`.
+
+    Args:
+      alpha: PMM weight: a float, an optax schedule of the step, or ``None`` for
+        the base loss alone (no penalty is computed: a true baseline).
+      base_loss: per-example ``(logits, labels) -> [B]`` (cross-entropy default;
+        ``optax.losses.multiclass_hinge_loss`` for the hinge).
+      penalty_reduction: ``"sum"`` (the paper's alpha scale) or ``"mean"``.
+      stop_radius_gradient: treat the radius as a constant.
+      head: path of the classifier head in ``params``.
+      axis_name: the mapped axis under ``pmap``/``shard_map``; ``None`` otherwise.
+      preprocess: ``(rng, batch, train) -> batch`` run inside the step.
+      margin_metrics: also report radius and normalized pairwise margins (cheap;
+        computed without gradient). Turn off for benchmarking the bare loss.
+
+    Returns:
+      ``train_step(state, batch)`` where ``batch = {"x": ..., "y": int[B]}`` and
+      optionally ``"mask": bool[B]``. Metrics (global over devices, float32):
+      ``loss, base_risk, penalty, alpha, accuracy, radius, mean_margin,
+      min_margin, nonfinite_steps``.
+    """
+    preprocess = preprocess or _identity_preprocess
+    use_pmm = alpha is not None
+
+    def loss_fn(params, state, batch, rng):
+        logits, feats, new_stats = _apply(
+            state, params, state.batch_stats, batch["x"], train=True, rng=rng
+        )
+        labels = batch["y"]
+        mask = batch.get("mask")
+        if use_pmm:
+            kernel, _ = pmm_jax.find_head(params, head)
+            loss, parts = pmm_jax.pmm_loss(
+                logits,
+                labels,
+                feats,
+                kernel,
+                alpha=alpha,
+                step=state.step,
+                base_loss=base_loss,
+                penalty_reduction=penalty_reduction,
+                where=mask,
+                axis_name=axis_name,
+                stop_radius_gradient=stop_radius_gradient,
+            )
+        else:
+            valid = jnp.ones(labels.shape, bool) if mask is None else mask
+            per_example = base_loss(logits, labels).astype(jnp.float32)
+            loss = _mean_share(per_example, valid, axis_name)
+            parts = {"base_risk": loss, "penalty": jnp.zeros(()), "alpha": jnp.zeros(())}
+        return loss, (parts, logits, feats, new_stats)
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = step_rng(state, axis_name)
+        pre_rng, dropout_rng = jax.random.split(rng)
+        batch = preprocess(pre_rng, batch, True)
+        grad_fn = jax.grad(loss_fn, has_aux=True)
+        grads, (parts, logits, feats, new_stats) = grad_fn(state.params, state, batch, dropout_rng)
+        if axis_name is not None:
+            grads = lax.pmean(grads, axis_name)
+            new_stats = lax.pmean(new_stats, axis_name)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = opt_state.last_finite
+        new_stats = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_stats, state.batch_stats
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=new_stats,
+            opt_state=opt_state,
+        )
+        metrics = {
+            "loss": parts["base_risk"] + parts["alpha"] * parts["penalty"],
+            "base_risk": parts["base_risk"],
+            "penalty": parts["penalty"],
+            "alpha": parts["alpha"],
+        }
+        metrics.update(
+            _classification_metrics(
+                state, logits, feats, batch, axis_name=axis_name, margins=margin_metrics, head=head
+            )
+        )
+        if axis_name is not None:  # shares -> global values (min_margin, radius: global)
+            metrics = lax.pmean(metrics, axis_name)
+        metrics["nonfinite_steps"] = opt_state.total_notfinite.astype(jnp.float32)
+        return new_state, metrics
+
+    return train_step
+
+
+def _classification_metrics(state, logits, feats, batch, *, axis_name, margins, head):
+    labels = batch["y"]
+    mask = batch.get("mask")
+    valid = jnp.ones(labels.shape, bool) if mask is None else mask
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    out = {"accuracy": _mean_share(correct, valid, axis_name)}
+    if margins:
+        logits, feats = lax.stop_gradient(logits), lax.stop_gradient(feats)
+        kernel, _ = pmm_jax.find_head(state.params, head)
+        radius = pmm_jax.feature_radius(feats, where=mask, axis_name=axis_name)
+        d = pmm_jax.pairwise_margins(logits, labels, kernel, radius=radius, where=mask)
+        out.update(
+            radius=radius,
+            mean_margin=_mean_share(d, valid, axis_name),
+            min_margin=_masked_min(d, valid, axis_name),
+        )
+    else:
+        out.update(radius=jnp.zeros(()), mean_margin=jnp.zeros(()), min_margin=jnp.zeros(()))
+    return out
+
+
+def make_eval_step(
+    *,
+    base_loss: Callable = optax.losses.softmax_cross_entropy_with_integer_labels,
+    head: pmm_jax._src.params.HeadPath = "head",
+    axis_name: str | None = None,
+    preprocess: Preprocess | None = None,
+) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+    """Builds ``(state, batch) -> per-example outputs`` for evaluation.
+
+    Padded rows (``batch["mask"] == False``) are excluded from the radius and
+    reported with ``mask=False`` so that the caller drops them. The radius used
+    to normalize margins is the radius of this (global) eval batch.
+
+    Returns:
+      ``eval_step(state, batch)`` returning a dict of per-example arrays:
+      ``loss``, ``correct``, ``margin`` (normalized pairwise margin), ``pred``,
+      ``label``, ``mask``, and ``pre_logits`` (for embeddings / t-SNE); under
+      ``pmap`` each device returns its rows.
+    """
+    preprocess = preprocess or _identity_preprocess
+
+    def eval_step(state: TrainState, batch: Batch):
+        batch = preprocess(jax.random.PRNGKey(0), batch, False)
+        logits, feats, _ = _apply(state, state.params, state.batch_stats, batch["x"], train=False)
+        labels = batch["y"]
+        mask = batch.get("mask")
+        if mask is None:
+            mask = jnp.ones(labels.shape, bool)
+        kernel, _ = pmm_jax.find_head(state.params, head)
+        radius = pmm_jax.feature_radius(feats, where=mask, axis_name=axis_name)
+        return {
+            "loss": jnp.where(mask, base_loss(logits, labels).astype(jnp.float32), 0.0),
+            "correct": jnp.where(mask, jnp.argmax(logits, -1) == labels, False),
+            "margin": pmm_jax.pairwise_margins(logits, labels, kernel, radius=radius, where=mask),
+            "pred": jnp.argmax(logits, -1),
+            "label": labels,
+            "mask": mask,
+            "pre_logits": feats.astype(jnp.float32),
+        }
+
+    return eval_step

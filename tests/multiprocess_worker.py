@@ -1,0 +1,75 @@
+"""One process of the two-process data-parallel test (run by test_multiprocess.py).
+
+    python -m tests.multiprocess_worker PROCESS_ID PORT OUT.npz
+
+Each process owns 2 CPU devices and feeds its half of the global batch; the
+global batch and model are the ones tests/test_multiprocess.py also trains in a
+single process.
+"""
+
+import sys
+
+import jax
+
+GLOBAL_BATCH = 32
+STEPS = 2
+ALPHA = 2e-4
+
+
+def main(process_id: int, port: int, out: str) -> None:
+    # Before any JAX computation: 2 CPU devices per process, gloo collectives.
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", 2)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_default_matmul_precision", "highest")
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=process_id,
+        initialization_timeout=60,
+        heartbeat_timeout_seconds=20,
+        shutdown_timeout_seconds=20,
+    )
+    import numpy as np
+
+    from pmm_jax import training
+    from tests.toy import ToyNet, toy_data, toy_state
+
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    batch = toy_data(n=GLOBAL_BATCH, big_row=21)  # the max-norm row lives in process 1
+    half = GLOBAL_BATCH // 2
+    local = {k: v[process_id * half : (process_id + 1) * half] for k, v in batch.items()}
+
+    # (a) jit over a 4-device mesh spanning both processes.
+    mesh = training.make_mesh()
+    state = training.replicate_on_mesh(toy_state(ToyNet()), mesh)
+    step = training.jit_sharded(training.make_train_step(alpha=ALPHA), mesh)
+    for _ in range(STEPS):
+        state, _ = step(state, training.shard_batch_on_mesh(local, mesh))
+    sharded = {k: np.asarray(v.addressable_data(0)) for k, v in _flat(state.params).items()}
+
+    # (b) pmap over the local devices, collectives across all four.
+    pstate = training.replicate(toy_state(ToyNet(bn_axis_name="batch")))
+    pstep = training.pmap_step(training.make_train_step(alpha=ALPHA, axis_name="batch"))
+    for _ in range(STEPS):
+        pstate, _ = pstep(pstate, training.split_for_devices(local))
+    pmapped = {k: np.asarray(v) for k, v in _flat(training.unreplicate(pstate).params).items()}
+
+    if process_id == 0:
+        np.savez(
+            out,
+            **{f"sharded/{k}": v for k, v in sharded.items()},
+            **{f"pmap/{k}": v for k, v in pmapped.items()},
+        )
+    jax.distributed.shutdown()
+
+
+def _flat(tree):
+    return {
+        "/".join(str(getattr(p, "key", p)) for p in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
