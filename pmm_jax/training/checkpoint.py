@@ -22,6 +22,7 @@ import time
 import warnings
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from pmm_jax.training.state import TrainState
@@ -66,7 +67,7 @@ class Checkpointer:
 
     def save(self, state: TrainState, *, force: bool = False) -> bool:
         """Saves ``state`` if its step is due (or ``force``); returns whether it did."""
-        step = int(jax.device_get(state.step))
+        step = _step_of(state)
         if not force and step % self.save_every:
             return False
         if step in self._manager.all_steps():
@@ -113,6 +114,11 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _step_of(state: TrainState) -> int:
+    """The step; a state stacked over seeds or replicated for pmap has one per copy."""
+    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
 def _abstract(x):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
@@ -64,7 +65,7 @@ def create_train_state(
     tx: optax.GradientTransformation,
     sample_input,
     *,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     max_consecutive_nonfinite: int = 100,
 ) -> TrainState:
     """Initializes a model that follows the contract and wraps ``tx``.
@@ -80,27 +81,36 @@ def create_train_state(
       tx: the optimizer.
       sample_input: a batch of model input (an array or a dict of arrays) of the
         right shape and dtype; only its shape matters.
-      seed: seeds the parameters and the state's rng.
+      seed: seeds the parameters and the state's rng. A sequence of seeds gives
+        a *stacked* state (leading axis = seeds) for ``jax.vmap``-ed training of
+        independent replicas, initialized in one vmapped call.
       max_consecutive_nonfinite: see above.
 
     Returns:
       A :class:`TrainState` at step 0.
     """
-    key = jax.random.PRNGKey(seed)
-    init_key, dropout_key, state_key = jax.random.split(key, 3)
-    variables = jax.jit(
-        lambda k, d: model.init({"params": k, "dropout": d}, sample_input, train=False)
-    )(init_key, dropout_key)
-    variables = dict(variables)
-    params = variables.pop("params")
-    batch_stats = variables.pop("batch_stats", {})
     tx = optax.apply_if_finite(tx, max_consecutive_errors=max_consecutive_nonfinite)
+
+    def init(seed):
+        init_key, dropout_key, state_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+        variables = dict(
+            model.init({"params": init_key, "dropout": dropout_key}, sample_input, train=False)
+        )
+        params = variables.pop("params")
+        batch_stats = variables.pop("batch_stats", {})
+        return jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), state_key
+
+    if isinstance(seed, (int, np.integer)):
+        arrays = jax.jit(init)(seed)
+    else:
+        arrays = jax.jit(jax.vmap(init))(jnp.asarray(list(seed)))
+    step, params, batch_stats, opt_state, rng = arrays
     return TrainState(
-        step=jnp.zeros((), jnp.int32),
+        step=step,
         params=params,
         batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        rng=state_key,
+        opt_state=opt_state,
+        rng=rng,
         apply_fn=model.apply,
         tx=tx,
     )

@@ -234,9 +234,11 @@ def make_eval_step(
 
     Returns:
       ``eval_step(state, batch)`` returning a dict of per-example arrays:
-      ``loss``, ``correct``, ``margin`` (normalized pairwise margin), ``pred``,
-      ``label``, ``mask``, and ``pre_logits`` (for embeddings / t-SNE); under
-      ``pmap`` each device returns its rows.
+      ``loss``, ``correct``, ``margin`` (pairwise margin normalized by this
+      batch's radius), ``raw_margin`` and ``feature_norm`` (to normalize by the
+      radius of a whole split instead), ``pred``, ``label``, ``mask``, and
+      ``pre_logits`` (for embeddings / t-SNE); under ``pmap`` each device returns
+      its rows.
     """
     preprocess = preprocess or _identity_preprocess
 
@@ -249,10 +251,15 @@ def make_eval_step(
             mask = jnp.ones(labels.shape, bool)
         kernel, _ = pmm_jax.find_head(state.params, head)
         radius = pmm_jax.feature_radius(feats, where=mask, axis_name=axis_name)
+        raw = pmm_jax.pairwise_margins(logits, labels, kernel, where=mask)
         return {
             "loss": jnp.where(mask, base_loss(logits, labels).astype(jnp.float32), 0.0),
             "correct": jnp.where(mask, jnp.argmax(logits, -1) == labels, False),
-            "margin": pmm_jax.pairwise_margins(logits, labels, kernel, radius=radius, where=mask),
+            "margin": jnp.where(radius > 0, raw / jnp.where(radius > 0, radius, 1.0), 0.0),
+            "raw_margin": raw,
+            "feature_norm": jnp.where(
+                mask, jnp.linalg.norm(feats.astype(jnp.float32), axis=-1), 0.0
+            ),
             "pred": jnp.argmax(logits, -1),
             "label": labels,
             "mask": mask,

@@ -1,0 +1,42 @@
+"""The MNIST-1D sweep that picks the default config's regularization strengths.
+
+    python -m experiments.sweep --workdir runs/sweep_mnist1d
+
+Selection is on a validation split: the last 500 of the 4000 training examples
+(training uses the other 3500); the test set is never looked at.
+"""
+
+import ml_collections
+
+from experiments.configs.default import base_config
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = base_config()
+    c.name = "sweep_mnist1d"
+    c.dataset_kwargs.validation_size = 500
+    c.seeds = (0, 1, 2)
+    c.eval_split = "validation"
+    c.final_split = "validation"
+    c.tsne = False
+    c.sweep = ml_collections.ConfigDict(
+        {
+            "alphas": (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3),
+            "weight_decays": (1e-5, 1e-4, 1e-3, 1e-2),
+            "dropout_rates": (0.1, 0.2, 0.3, 0.5),
+        }
+    )
+    if variant == "local":
+        c.seeds = (0, 1)
+        c.num_train_steps = 20
+        c.steps_per_call = 10
+        c.log_every_steps = 10
+        c.eval_every_steps = 10
+        c.checkpoint_every_steps = 10
+        c.model_kwargs.channels = 4
+        c.sweep.alphas = (1e-6, 1e-3)
+        c.sweep.weight_decays = (1e-4,)
+        c.sweep.dropout_rates = (0.2,)
+    elif variant:
+        raise ValueError(f"Unknown variant {variant!r}; use '' or 'local'.")
+    return c

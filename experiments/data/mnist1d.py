@@ -1,0 +1,78 @@
+"""MNIST-1D (Greydanus 2020), generated offline by the ``mnist1d`` package.
+
+``mnist1d.data.make_dataset(get_dataset_args())`` builds the official 4000/1000
+train/test split from ten hand-drawn templates with a fixed seed (42), in under
+a second, with no download. A validation split, when asked for, is the *last*
+``validation_size`` training examples (the training split shrinks accordingly),
+so that hyperparameters are never picked on the test set.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from experiments.data import arrays
+from experiments.data.base import Dataset
+
+LENGTH = 40
+NUM_CLASSES = 10
+
+
+@functools.lru_cache(maxsize=4)
+def load_arrays(seed: int = 42) -> dict[str, np.ndarray]:
+    """The raw official split as float32 / int32 numpy arrays (cached)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = seed
+    data = make_dataset(args)
+    return {
+        "x": np.asarray(data["x"], np.float32),
+        "y": np.asarray(data["y"], np.int32),
+        "x_test": np.asarray(data["x_test"], np.float32),
+        "y_test": np.asarray(data["y_test"], np.int32),
+    }
+
+
+def _preprocess(rng, batch, train):
+    del rng, train
+    return batch
+
+
+def get_dataset(*, validation_size: int = 0, data_seed: int = 42) -> Dataset:
+    """MNIST-1D as a :class:`experiments.data.base.Dataset`.
+
+    Args:
+      validation_size: hold out the last this-many training examples as the
+        ``"validation"`` split (0: no validation split).
+      data_seed: the generator's seed (42 is the official dataset).
+    """
+    raw = load_arrays(data_seed)
+    n = len(raw["y"])
+    if not 0 <= validation_size < n:
+        raise ValueError(f"`validation_size` must be in [0, {n}); got {validation_size}.")
+    cut = n - validation_size
+    splits = {
+        "train": {"x": raw["x"][:cut], "y": raw["y"][:cut]},
+        "test": {"x": raw["x_test"], "y": raw["y_test"]},
+    }
+    if validation_size:
+        splits["validation"] = {"x": raw["x"][cut:], "y": raw["y"][cut:]}
+
+    def eval_iter(split, global_batch_size, process_index=0, process_count=1):
+        if split not in splits:
+            raise ValueError(f"MNIST-1D has no split {split!r}; it has {sorted(splits)}.")
+        return arrays.eval_stream(splits[split], global_batch_size, process_index, process_count)
+
+    return Dataset(
+        name="mnist1d",
+        num_classes=NUM_CLASSES,
+        num_train=cut,
+        input_spec={"x": ((LENGTH,), "float32")},
+        train_iter=functools.partial(arrays.train_stream, splits["train"]),
+        eval_iter=eval_iter,
+        eval_splits=tuple(s for s in ("validation", "test") if s in splits),
+        preprocess=_preprocess,
+    )

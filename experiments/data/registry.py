@@ -1,0 +1,28 @@
+"""``get_dataset(name, **kwargs)``: datasets by name, imported lazily."""
+
+from __future__ import annotations
+
+from experiments.data.base import Dataset
+
+
+def get_dataset(name: str, **kwargs) -> Dataset:
+    """Builds the :class:`Dataset` registered under ``name``.
+
+    ``mnist1d`` is generated offline; ``cifar10``, ``cifar100``, ``imagenet2012``
+    and ``glue/<task>`` read tensorflow-datasets data prepared beforehand.
+    """
+    if name == "mnist1d":
+        from experiments.data import mnist1d
+
+        return mnist1d.get_dataset(**kwargs)
+    if name in ("cifar10", "cifar100", "imagenet2012"):
+        from experiments.data import images
+
+        return images.get_dataset(name, **kwargs)
+    if name.startswith("glue/"):
+        from experiments.data import glue
+
+        return glue.get_dataset(name, **kwargs)
+    raise ValueError(
+        f"Unknown dataset {name!r}; known: mnist1d, cifar10, cifar100, imagenet2012, glue/<task>."
+    )

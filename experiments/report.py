@@ -1,0 +1,173 @@
+"""Summaries of a multi-method, multi-seed run: table, paired test, plots, summary.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+BASELINE = "baseline"
+
+
+def _mean_std(xs) -> tuple[float, float]:
+    arr = np.asarray(xs, np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def paired_comparison(treated: list[float], baseline: list[float]) -> dict:
+    """Per-seed differences ``treated - baseline`` with a paired t-test and Wilcoxon."""
+    from scipy import stats
+
+    a, b = np.asarray(treated, np.float64), np.asarray(baseline, np.float64)
+    diff = a - b
+    out = {"diff_per_seed": diff.tolist(), "mean_diff": float(diff.mean()), "n": int(diff.size)}
+    if diff.size >= 2 and np.any(diff != diff[0]):
+        t = stats.ttest_rel(a, b)
+        out["paired_t"] = {"t": float(t.statistic), "p": float(t.pvalue)}
+    else:
+        out["paired_t"] = None
+    if diff.size >= 2 and np.any(diff != 0):
+        w = stats.wilcoxon(a, b)
+        out["wilcoxon"] = {"statistic": float(w.statistic), "p": float(w.pvalue)}
+    else:
+        out["wilcoxon"] = None
+    return out
+
+
+def format_table(methods: dict[str, dict]) -> str:
+    lines = [
+        f"{'method':<14} {'test accuracy (%)':>20} {'margin mean':>12} {'margin p10':>11} "
+        f"{'wall time':>10}",
+        "-" * 72,
+    ]
+    for name, m in methods.items():
+        acc_m, acc_s = _mean_std(np.asarray(m["test_accuracy"]) * 100)
+        lines.append(
+            f"{name:<14} {acc_m:>12.2f} ± {acc_s:<5.2f} {np.mean(m['margin_mean']):>12.4f} "
+            f"{np.mean(m['margin_p10']):>11.4f} {m['wall_time_s']:>9.1f}s"
+        )
+    return "\n".join(lines)
+
+
+def format_comparisons(comparisons: dict[str, dict]) -> str:
+    lines = []
+    for name, c in comparisons.items():
+        diffs = ", ".join(f"{100 * d:+.2f}" for d in c["diff_per_seed"])
+        t_p = "n/a" if c["paired_t"] is None else f"{c['paired_t']['p']:.3g}"
+        w_p = "n/a" if c["wilcoxon"] is None else f"{c['wilcoxon']['p']:.3g}"
+        lines.append(
+            f"{name} - {BASELINE}: mean {100 * c['mean_diff']:+.2f} points over {c['n']} seeds "
+            f"[{diffs}]; paired t p={t_p}, Wilcoxon p={w_p}"
+        )
+    return "\n".join(lines)
+
+
+def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dict:
+    """Prints the table and paired comparisons; writes summary.json and the plots."""
+    methods = {name: r.to_json() for name, r in results.items()}
+    for m in methods.values():
+        m["test_accuracy_mean"], m["test_accuracy_std"] = _mean_std(m["test_accuracy"])
+    comparisons = {}
+    if BASELINE in methods:
+        for name, m in methods.items():
+            if name != BASELINE:
+                comparisons[name] = paired_comparison(
+                    m["test_accuracy"], methods[BASELINE]["test_accuracy"]
+                )
+    summary = {
+        "dataset": dataset_name,
+        "methods": methods,
+        "comparisons_vs_baseline": comparisons,
+        "config": config.to_dict(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    table = format_table(methods)
+    text = table + ("\n\n" + format_comparisons(comparisons) if comparisons else "")
+    with open(os.path.join(workdir, "summary.txt"), "w") as f:
+        f.write(text + "\n")
+    print("\n" + text, flush=True)
+    plots = make_plots(methods, workdir, tsne=bool(config.get("tsne", False)))
+    summary["plots"] = plots
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    return summary
+
+
+def make_plots(methods: dict[str, dict], workdir: str, *, tsne: bool) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    # 1. Test accuracy curves, mean +- std over seeds.
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, m in methods.items():
+        curves = m["curves"]
+        key = next((k for k in curves if k.endswith("_accuracy")), None)
+        if not key or not curves.get("step"):
+            continue
+        acc = np.asarray(curves[key], np.float64) * 100  # [evals, seeds]
+        mean, std = acc.mean(1), acc.std(1)
+        ax.plot(curves["step"], mean, label=name)
+        ax.fill_between(curves["step"], mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{key.split('_')[0] if key else 'test'} accuracy (%)")
+    ax.set_title("Accuracy during training (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    written.append(_save(fig, workdir, "accuracy_curves.png"))
+
+    examples = {}
+    for name in methods:
+        path = os.path.join(workdir, name, "test_examples.npz")
+        if os.path.exists(path):
+            examples[name] = dict(np.load(path))
+    pmm_names = [n for n in ("pmm", "pmm_hinge") if n in examples]
+    # 2. Histograms of normalized pairwise margins (all seeds pooled).
+    if BASELINE in examples and pmm_names:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        shown = [BASELINE, *pmm_names]
+        lo = min(np.percentile(examples[n]["margins"], 0.5) for n in shown)
+        hi = max(np.percentile(examples[n]["margins"], 99.5) for n in shown)
+        bins = np.linspace(lo, hi, 60)
+        for name in shown:
+            ax.hist(examples[name]["margins"].ravel(), bins=bins, alpha=0.45, label=name)
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_xlabel("normalized pairwise margin d_i / r on the test set")
+        ax.set_ylabel("examples (all seeds)")
+        ax.set_title("Pairwise margins, baseline vs PMM")
+        ax.legend()
+        written.append(_save(fig, workdir, "margin_histograms.png"))
+    # 3. t-SNE of penultimate test features (seed 0), the paper's Fig. 2.
+    if tsne and BASELINE in examples and "pmm" in examples:
+        from sklearn.manifold import TSNE
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+        for ax, name in zip(axes, (BASELINE, "pmm"), strict=True):
+            feats = examples[name]["pre_logits_seed0"]
+            emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(
+                feats
+            )
+            ax.scatter(emb[:, 0], emb[:, 1], c=examples[name]["label"], cmap="tab10", s=4)
+            ax.set_title(f"{name}: t-SNE of penultimate test features")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        written.append(_save(fig, workdir, "tsne_features.png"))
+    return written
+
+
+def _save(fig, workdir, name):
+    path = os.path.join(workdir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,340 @@
+"""The training loop shared by every experiment.
+
+``train_and_evaluate(config, workdir)`` trains each method of ``config.methods``
+(or the config itself when it has none) for every seed, evaluates, and writes a
+summary with tables and plots (``experiments/report.py``).
+
+One method's seeds are trained *together*: the train state is stacked over
+seeds and the step is ``jax.vmap``-ed, with ``steps_per_call`` steps fused into
+one jitted ``lax.scan``. The batch is sharded over all devices (``P("data")`` on
+its batch axis), the state replicated, so the same code runs on one CPU, a GPU,
+or many devices and hosts.
+
+Everything is resumable: checkpoints every ``checkpoint_every_steps`` (orbax),
+metric logs truncated back to the restored step, and a finished method is not
+run again (its ``result.json`` is read back).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.experimental.multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from experiments import optim
+from experiments.data.base import Dataset
+from experiments.data.registry import get_dataset
+from experiments.metrics_log import MetricsLog, progress
+from experiments.models import get_model
+from pmm_jax import training
+
+
+def merge(base: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    """``base`` with ``overrides`` (a nested dict) merged in, recursively."""
+    out = copy.deepcopy(base)
+    with out.unlocked():
+        for key, value in dict(overrides).items():
+            if isinstance(value, (dict, ml_collections.ConfigDict)) and isinstance(
+                out.get(key), ml_collections.ConfigDict
+            ):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def expand_methods(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """``{method name: full config}``; a config without methods is one run."""
+    methods = config.get("methods") or {}
+    base = copy.deepcopy(config)
+    with base.unlocked():
+        base.methods = ml_collections.ConfigDict()
+        base.method_order = ()
+    if not methods:
+        return {config.get("name", "run"): base}
+    order = list(config.get("method_order") or ())
+    names = [n for n in order if n in methods] + sorted(n for n in methods if n not in order)
+    return {name: merge(base, methods[name]) for name in names}
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class MethodResult:
+    """What one method's run produced (per seed where it says so)."""
+
+    name: str
+    seeds: list[int]
+    test_accuracy: list[float]
+    test_loss: list[float]
+    margin_mean: list[float]  # normalized pairwise margin on the test set, per seed
+    margin_p10: list[float]
+    curves: dict[str, list]  # {"step": [...], "<split>_accuracy": [[per seed] per eval]}
+    wall_time_s: float
+    steps: int
+    config_hash: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def total_steps_of(config, steps_per_epoch: int) -> int:
+    if config.get("num_epochs", 0) > 0:
+        return int(config.num_epochs * steps_per_epoch)
+    return int(config.num_train_steps)
+
+
+def _check_schedule(config, total: int) -> int:
+    k = config.steps_per_call
+    for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        if config[name] % k:
+            raise ValueError(f"`{name}`={config[name]} must be a multiple of `steps_per_call`={k}.")
+    if total % k:
+        raise ValueError(f"the run's {total} steps must be a multiple of `steps_per_call`={k}.")
+    return k
+
+
+def _stack(batches):
+    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+class _Runner:
+    """Jitted, sharded, seed-vmapped train/eval functions for one method."""
+
+    def __init__(self, config, dataset: Dataset, mesh, total_steps: int, steps_per_epoch: int):
+        self.config = config
+        self.dataset = dataset
+        self.mesh = mesh
+        self.seeds = [int(s) for s in config.seeds]
+        model = get_model(config.model, num_classes=dataset.num_classes, **config.model_kwargs)
+        tx = optim.make_optimizer(config, steps_per_epoch, total_steps)
+        self.state = training.create_train_state(model, tx, _sample_input(dataset), seed=self.seeds)
+        self.state = training.replicate_on_mesh(self.state, mesh)
+        train_step = training.make_train_step(
+            alpha=optim.make_alpha(config.pmm, steps_per_epoch, total_steps),
+            base_loss=optim.base_loss(config.pmm),
+            penalty_reduction=config.pmm.penalty_reduction,
+            stop_radius_gradient=config.pmm.stop_radius_gradient,
+            preprocess=dataset.preprocess,
+        )
+        eval_step = training.make_eval_step(
+            base_loss=optim.base_loss(config.pmm), preprocess=dataset.preprocess
+        )
+        replicated = NamedSharding(mesh, P())
+        # Batches: [steps, seeds, batch, ...] for training, [batch, ...] for eval.
+        train_data = NamedSharding(mesh, P(None, None, "data"))
+        eval_data = NamedSharding(mesh, P("data"))
+        self.train_data, self.eval_data = train_data, eval_data
+
+        def multi_step(state, batches):
+            return lax.scan(jax.vmap(train_step), state, batches)
+
+        self.multi_step = jax.jit(
+            multi_step,
+            in_shardings=(replicated, train_data),
+            out_shardings=(replicated, replicated),
+            donate_argnums=(0,),
+        )
+        self.eval_step = jax.jit(
+            jax.vmap(eval_step, in_axes=(0, None)),
+            in_shardings=(replicated, eval_data),
+            out_shardings=NamedSharding(mesh, P(None, "data")),
+        )
+
+    def put(self, batch, sharding, batch_axis):
+        procs = jax.process_count()
+
+        def one(x):
+            x = np.asarray(x)
+            shape = list(x.shape)
+            shape[batch_axis] *= procs
+            training.check_divisible(shape[batch_axis], self.mesh.devices.size)
+            return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+
+        return jax.tree.map(one, batch)
+
+    def evaluate(self, split: str, *, keep_examples: bool = False) -> dict[str, np.ndarray]:
+        """Per-seed metrics on a whole split; per-example arrays if asked."""
+        bsz = self.config.eval_batch_size
+        chunks = []
+        it = self.dataset.eval_iter(split, bsz, jax.process_index(), jax.process_count())
+        for batch in it:
+            out = self.eval_step(self.state, self.put(batch, self.eval_data, 0))
+            chunks.append(jax.tree.map(_to_host, out))
+        outs = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
+        mask = outs["mask"][0]
+        outs = {k: v[:, mask] for k, v in outs.items()}
+        # Normalize margins by the radius of the whole split, per seed.
+        radius = outs["feature_norm"].max(axis=1, keepdims=True)
+        margins = outs["raw_margin"] / np.where(radius > 0, radius, 1.0)
+        result = {
+            "accuracy": outs["correct"].mean(axis=1),
+            "loss": outs["loss"].mean(axis=1),
+            "margin_mean": margins.mean(axis=1),
+            "margin_p10": np.percentile(margins, 10, axis=1),
+        }
+        if keep_examples:
+            result.update(margins=margins, pre_logits=outs["pre_logits"], label=outs["label"][0])
+        return result
+
+
+def _to_host(x):
+    if jax.process_count() > 1:
+        x = jax.experimental.multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def _sample_input(dataset: Dataset):
+    def zeros(spec):
+        shape, dtype = spec
+        return jnp.zeros((2, *shape), dtype)
+
+    spec = dataset.input_spec
+    if set(spec) == {"x"}:
+        return zeros(spec["x"])
+    return {name: zeros(s) for name, s in spec.items()}
+
+
+def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> MethodResult:
+    """Trains all seeds of one method (resuming if possible), then evaluates.
+
+    The final evaluation is on ``config.final_split`` (default ``"test"``; the
+    sweep uses ``"validation"``), and is what ``MethodResult.test_accuracy`` holds.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    digest = config_hash(config)
+    result_path = os.path.join(workdir, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            saved = json.load(f)
+        if saved.get("config_hash") == digest:
+            print(f"[{name}] already finished; read back {result_path}", flush=True)
+            return MethodResult(**saved)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2, default=str)
+
+    global_batch = config.batch_size
+    steps_per_epoch = max(1, dataset.num_train // global_batch)
+    total = total_steps_of(config, steps_per_epoch)
+    k = _check_schedule(config, total)
+    mesh = training.make_mesh()
+    runner = _Runner(config, dataset, mesh, total, steps_per_epoch)
+
+    ckpt = training.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_every=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+    )
+    restored = ckpt.restore_latest(runner.state)
+    if restored is not None:
+        runner.state = restored
+    start = int(np.asarray(_to_host(runner.state.step))[0])
+    log = MetricsLog(workdir, start_step=start)
+    curves = log.curves()
+    elapsed = log.meta.get("wall_time_s", 0.0)
+    if start:
+        print(f"[{name}] resuming at step {start}/{total}", flush=True)
+
+    iters = [
+        dataset.train_iter(
+            seed, global_batch, jax.process_index(), jax.process_count(), start_step=start
+        )
+        for seed in runner.seeds
+    ]
+    split = config.eval_split
+    t0 = time.perf_counter()
+    bar = progress(total=total, initial=start, desc=name)
+    step = start
+    window = []
+    while step < total:
+        batches = _stack([_stack([next(it) for it in iters]) for _ in range(k)])
+        runner.state, metrics = runner.multi_step(
+            runner.state, runner.put(batches, runner.train_data, 2)
+        )
+        step += k
+        window.append(metrics)
+        bar.update(k)
+        if step % config.log_every_steps == 0 or step == total:
+            train = {
+                key: float(np.mean(np.concatenate([np.asarray(m[key]).ravel() for m in window])))
+                for key in window[0]
+            }
+            window = []
+            log.write(step, {f"train/{key}": v for key, v in train.items()})
+            bar.set_postfix(loss=f"{train['loss']:.3f}", acc=f"{train['accuracy']:.3f}")
+        if step % config.eval_every_steps == 0 or step == total:
+            ev = runner.evaluate(split)
+            curves.setdefault("step", []).append(step)
+            curves.setdefault(f"{split}_accuracy", []).append(ev["accuracy"].tolist())
+            log.write(
+                step,
+                {
+                    f"{split}/accuracy": float(ev["accuracy"].mean()),
+                    f"{split}/margin_mean": float(ev["margin_mean"].mean()),
+                },
+                curves=curves,
+            )
+        if ckpt.save(runner.state):
+            log.set_meta(wall_time_s=elapsed + time.perf_counter() - t0)
+    bar.close()
+    ckpt.save(runner.state, force=True)
+    ckpt.close()
+
+    final = runner.evaluate(config.get("final_split", "test"), keep_examples=True)
+    wall = elapsed + time.perf_counter() - t0
+    log.set_meta(wall_time_s=wall)
+    log.close()
+    np.savez_compressed(
+        os.path.join(workdir, "test_examples.npz"),
+        margins=final["margins"],
+        pre_logits_seed0=final["pre_logits"][0],
+        label=final["label"],
+    )
+    result = MethodResult(
+        name=name,
+        seeds=runner.seeds,
+        test_accuracy=final["accuracy"].tolist(),
+        test_loss=final["loss"].tolist(),
+        margin_mean=final["margin_mean"].tolist(),
+        margin_p10=final["margin_p10"].tolist(),
+        curves=curves,
+        wall_time_s=wall,
+        steps=total,
+        config_hash=digest,
+        extra={"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count()},
+    )
+    if jax.process_index() == 0:
+        tmp = result_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result.to_json(), f, indent=2)
+        os.replace(tmp, result_path)
+    return result
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains every method of ``config`` and writes ``summary.json`` + plots to ``workdir``."""
+    from experiments import report
+
+    os.makedirs(workdir, exist_ok=True)
+    dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
+    results = {}
+    for name, method_config in expand_methods(config).items():
+        results[name] = train_method(method_config, dataset, os.path.join(workdir, name), name=name)
+    return report.write_summary(config, dataset.name, results, workdir)

@@ -1,0 +1,137 @@
+"""The training CLI: --help, --list-configs, a smoke run (schema, plots, resume), the sweep."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import trainer
+from experiments.configs import default, sweep_mnist1d
+from experiments.sweep import run_sweep
+from experiments.trainer import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+    )
+
+
+def _local():
+    """The smoke config, with batches that split over the 8 fake test devices."""
+    config = default.get_config("local")
+    with config.unlocked():
+        config.batch_size = 96
+        config.eval_batch_size = 200
+    return config
+
+
+def test_help():
+    out = _cli("--help")
+    assert out.returncode == 0
+    assert "--workdir" in out.stdout and "--config" in out.stdout
+
+
+def test_list_configs():
+    out = _cli("--list-configs")
+    assert out.returncode == 0, out.stderr
+    lines = [ln.split("\t") for ln in out.stdout.strip().splitlines()]
+    by_name = {ln[0]: ln for ln in lines}
+    assert by_name["default"][1:] == ["cnn1d", "mnist1d", "5210"]
+    for ln in lines:
+        assert len(ln) == 4 and ln[3].isdigit(), ln
+
+
+def test_missing_workdir_is_a_usage_error():
+    out = _cli()
+    assert out.returncode != 0 and "--workdir is required" in out.stderr
+
+
+def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
+    config = _local()
+    with config.unlocked():
+        config.seeds = (0, 1)
+        config.tsne = True
+    summary = train_and_evaluate(config, str(tmp_path))
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["dataset"] == "mnist1d"
+    assert set(data["methods"]) == {"baseline", "weight_decay", "dropout", "pmm", "pmm_hinge"}
+    for m in data["methods"].values():
+        assert len(m["test_accuracy"]) == 2
+        assert all(isinstance(a, float) and 0 <= a <= 1 for a in m["test_accuracy"])
+        assert len(m["margin_mean"]) == 2 and len(m["margin_p10"]) == 2
+        assert m["wall_time_s"] > 0
+    assert data["config"]["batch_size"] == 96
+    comp = data["comparisons_vs_baseline"]["pmm"]
+    assert len(comp["diff_per_seed"]) == 2 and "paired_t" in comp and "wilcoxon" in comp
+    for name in ("accuracy_curves.png", "margin_histograms.png", "tsne_features.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert (tmp_path / "pmm" / "metrics.jsonl").read_text().count("\n") >= 4
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "pmm" / "tb"))
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "pmm - baseline" in printed
+
+    # Rerunning in the same workdir reads finished methods back instead of training.
+    again = train_and_evaluate(config, str(tmp_path))
+    assert again["methods"]["pmm"]["test_accuracy"] == summary["methods"]["pmm"]["test_accuracy"]
+    assert "already finished" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
+    config = _local()
+    with config.unlocked():
+        config.methods = {"pmm": config.methods.pmm}
+        config.method_order = ()
+        config.tsne = False
+    full = train_and_evaluate(config, str(tmp_path / "full"))
+
+    # Crash in the middle of step 25 (the last checkpoint is at step 20).
+    real_get_dataset = trainer.get_dataset
+
+    def crashing_get_dataset(name, **kwargs):
+        ds = real_get_dataset(name, **kwargs)
+        real_iter = ds.train_iter
+
+        def train_iter(*args, **kw):
+            for i, batch in enumerate(real_iter(*args, **kw)):
+                if i == 25:
+                    raise KeyboardInterrupt("simulated crash")
+                yield batch
+
+        return dataclasses.replace(ds, train_iter=train_iter)
+
+    monkeypatch.setattr(trainer, "get_dataset", crashing_get_dataset)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, str(tmp_path / "part"))
+    monkeypatch.setattr(trainer, "get_dataset", real_get_dataset)
+    resumed = train_and_evaluate(config, str(tmp_path / "part"))
+    assert "resuming at step 20/40" in capsys.readouterr().out
+    assert resumed["methods"]["pmm"]["test_accuracy"] == full["methods"]["pmm"]["test_accuracy"]
+    assert resumed["methods"]["pmm"]["curves"] == full["methods"]["pmm"]["curves"]
+    log = (tmp_path / "part" / "pmm" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [10, 20, 20, 30, 40, 40]
+
+
+@pytest.mark.slow
+def test_sweep_local_writes_json_and_plot(tmp_path):
+    config = sweep_mnist1d.get_config("local")
+    with config.unlocked():
+        config.batch_size = 96  # splits over the 8 fake test devices
+        config.eval_batch_size = 200
+    out = run_sweep(config, str(tmp_path))
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert data["split"] == "validation"
+    families = {r["family"] for r in data["rows"]}
+    assert families == {"baseline", "pmm_linear", "pmm_constant", "weight_decay", "dropout"}
+    assert set(out["selected"]) == families
+    assert (tmp_path / "sweep_alpha.png").stat().st_size > 1000
