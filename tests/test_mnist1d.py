@@ -1,5 +1,9 @@
 """MNIST-1D data and the 1-D CNN."""
 
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -84,3 +88,21 @@ def test_convbase_has_125_features_and_follows_the_contract():
     )
     n = sum(v.size for v in jax.tree.leaves(variables["params"]))
     assert n == (5 * 1 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + (125 * 10 + 10)
+
+
+def test_export_and_reload_without_the_package(tmp_path, monkeypatch):
+    path = tmp_path / "mnist1d.npz"
+    want = mnist1d.load_arrays.__wrapped__(42)  # from the package
+    subprocess.run(
+        [sys.executable, "-m", "experiments.data.mnist1d", "--export", str(path)],
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+    )
+    monkeypatch.setenv("MNIST1D_NPZ", str(path))
+    monkeypatch.setitem(sys.modules, "mnist1d", None)  # the package is not needed now
+    got = mnist1d.load_arrays.__wrapped__(42)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    with pytest.raises(ValueError, match="seed 42, not 7"):
+        mnist1d.load_arrays.__wrapped__(7)

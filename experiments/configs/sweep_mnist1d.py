@@ -23,7 +23,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         {
             "alphas": (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3),
             "weight_decays": (1e-5, 1e-4, 1e-3, 1e-2),
-            "dropout_rates": (0.1, 0.2, 0.3, 0.5),
+            "dropout_rates": (0.1, 0.2, 0.3, 0.5, 0.7),
         }
     )
     if variant == "local":

@@ -9,7 +9,9 @@ so that hyperparameters are never picked on the test set.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import os
 
 import numpy as np
 
@@ -22,7 +24,18 @@ NUM_CLASSES = 10
 
 @functools.lru_cache(maxsize=4)
 def load_arrays(seed: int = 42) -> dict[str, np.ndarray]:
-    """The raw official split as float32 / int32 numpy arrays (cached)."""
+    """The raw official split as float32 / int32 numpy arrays (cached).
+
+    If the environment variable ``MNIST1D_NPZ`` names a file written by
+    ``python -m experiments.data.mnist1d --export FILE`` (same seed), the arrays
+    are read from it instead: for machines without the ``mnist1d`` package.
+    """
+    path = os.environ.get("MNIST1D_NPZ")
+    if path:
+        with np.load(path) as f:
+            if int(f["seed"]) != seed:
+                raise ValueError(f"{path} holds MNIST-1D seed {int(f['seed'])}, not {seed}.")
+            return {k: f[k] for k in ("x", "y", "x_test", "y_test")}
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -76,3 +89,12 @@ def get_dataset(*, validation_size: int = 0, data_seed: int = 42) -> Dataset:
         eval_splits=tuple(s for s in ("validation", "test") if s in splits),
         preprocess=_preprocess,
     )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Export MNIST-1D arrays for offline machines.")
+    parser.add_argument("--export", required=True, help="the .npz file to write")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    np.savez_compressed(args.export, seed=args.seed, **load_arrays(args.seed))
+    print(f"wrote {args.export}")
