@@ -1,0 +1,89 @@
+"""Pieces shared by the image models: initializers, the classifier head, counting.
+
+Numerics shared by every model here: the body runs in the module's ``dtype``
+(e.g. ``jnp.bfloat16``) with float32 parameters; the classifier head runs in
+float32 on ``pre_logits`` cast to float32, so ``logits`` and ``aux["pre_logits"]``
+are float32 whatever ``dtype`` is (the head costs ``d * k`` multiply-adds, nothing
+next to the body, and the loss and the PMM penalty then see float32 inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# He et al. 2015 ("fan_out", as torchvision's ResNets): the initialization the CIFAR
+# ResNet, WRN and MobileNet papers' code used for convolutions.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here), which the papers'
+# recipes were tuned with.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def classifier_head(pre_logits: jax.Array, num_classes: int) -> tuple[jax.Array, dict[str, Any]]:
+    """The contract's head: ``nn.Dense(num_classes, name="head")`` in float32.
+
+    Must be called inside a compact ``__call__`` (the Dense becomes a child of the
+    calling module).
+
+    Args:
+      pre_logits: ``[B, d]`` features, any float dtype.
+      num_classes: ``k``.
+
+    Returns:
+      ``(logits, {"pre_logits": pre_logits})``: float32 ``[B, k]`` and float32
+      ``[B, d]``, with ``logits == pre_logits @ kernel + bias``.
+    """
+    pre_logits = pre_logits.astype(jnp.float32)
+    logits = nn.Dense(num_classes, dtype=jnp.float32, name="head")(pre_logits)
+    return logits, {"pre_logits": pre_logits}
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raises ``ValueError`` unless ``value`` is an int >= 1 (bools excluded)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def check_rate(name: str, value: Any) -> None:
+    """Raises ``ValueError`` unless ``0 <= value < 1``."""
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+
+
+def check_images(x: jax.Array, name: str) -> None:
+    """Raises ``ValueError`` unless ``x`` is ``[B, H, W, C]``."""
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects images [B, H, W, C], got shape {tuple(x.shape)}.")
+
+
+def count_params(model: nn.Module, input_shape: tuple[int, ...], dtype: Any = jnp.float32) -> int:
+    """Number of parameters (the ``"params"`` collection) of ``model``.
+
+    Uses ``jax.eval_shape``: nothing is allocated or computed, so this is instant
+    even for ImageNet models. BatchNorm statistics are not parameters and are not
+    counted.
+
+    Args:
+      model: a Flax linen module called as ``model(x, train=False)``.
+      input_shape: the shape of ``x`` including the batch, e.g. ``(1, 32, 32, 3)``.
+      dtype: the dtype of ``x``.
+
+    Returns:
+      The parameter count, a plain ``int``.
+
+    Example:
+      >>> from experiments.models.resnet_cifar import CifarResNet
+      >>> count_params(CifarResNet(20), (1, 32, 32, 3))
+      269722
+    """
+    x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    leaves = jax.tree_util.tree_leaves(variables.get("params", {}))
+    return int(sum(math.prod(leaf.shape) for leaf in leaves))

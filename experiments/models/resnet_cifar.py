@@ -1,0 +1,136 @@
+"""The CIFAR ResNets of He et al. 2016 (ResNet-20/32/44/56/110, depth 6n+2).
+
+References:
+  K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image
+  Recognition", CVPR 2016, section 4.2 (CIFAR-10 and analysis).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from experiments.models.common import (
+    BN_EPSILON,
+    BN_MOMENTUM,
+    check_images,
+    check_positive_int,
+    classifier_head,
+    conv_kernel_init,
+)
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and an option-A (zero-padded identity) shortcut."""
+
+    features: int
+    strides: int
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):
+        y = self.conv(self.features, strides=self.strides, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, name="conv2")(y)
+        y = self.norm(name="bn2")(y)
+        shortcut = x
+        if self.strides != 1:
+            shortcut = shortcut[:, :: self.strides, :: self.strides, :]
+        extra = self.features - shortcut.shape[-1]
+        if extra:
+            shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (0, extra)))
+        return nn.relu(y + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet of depth ``6n + 2`` (20, 32, 44, 56, 110, ...).
+
+    A 3x3 convolution with 16 channels, then three stages of ``n`` basic blocks
+    (two 3x3 convolutions each) with 16, 32 and 64 channels on 32x32, 16x16 and
+    8x8 maps (the first block of stages 2 and 3 has stride 2), global average
+    pooling and the ``head``. Every convolution is followed by BatchNorm.
+
+    Shortcuts are **option A** of the paper, its choice for CIFAR: the identity,
+    subsampled by 2 and zero-padded with the new channels where the shape
+    changes, so shortcuts have no parameters. Parameter counts (``count_params``
+    on a 32x32x3 input, 10 classes): ResNet-20 269,722; ResNet-32 464,154;
+    ResNet-44 658,586; ResNet-56 853,018; ResNet-110 1,727,962 -- the paper's
+    0.27M / 0.46M / 0.66M / 0.85M / 1.7M.
+
+    Attributes:
+      depth: total depth ``6n + 2`` with ``n >= 1``.
+      num_classes: classes ``k`` of the head.
+      width: channels of the first stage (16 in the paper; the stages have
+        ``width``, ``2 width``, ``4 width``). Small values make tiny test models.
+      dtype: compute dtype of the body (parameters stay float32); the head runs
+        in float32 (see ``experiments/models/common.py``).
+      bn_axis_name: mapped axis to average BatchNorm statistics over under
+        ``pmap`` / ``shard_map``; ``None`` under ``jit`` over global arrays.
+      bn_momentum: BatchNorm running-average momentum (PyTorch's 0.1 is 0.9 here).
+
+    Call: ``model.apply(variables, x, train=..., mutable=["batch_stats"])`` with
+    ``x`` float ``[B, H, W, 3]`` (normalized images); returns ``(logits,
+    {"pre_logits": [B, 4 width]})``.
+    """
+
+    depth: int
+    num_classes: int = 10
+    width: int = 16
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+    bn_momentum: float = BN_MOMENTUM
+
+    def __post_init__(self):
+        check_positive_int("num_classes", self.num_classes)
+        check_positive_int("width", self.width)
+        if (
+            isinstance(self.depth, bool)
+            or not isinstance(self.depth, int)
+            or self.depth < 8
+            or (self.depth - 2) % 6
+        ):
+            raise ValueError(
+                f"CifarResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), "
+                f"got {self.depth!r}."
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+        check_images(x, "CifarResNet")
+        blocks_per_stage = (self.depth - 2) // 6
+        conv = functools.partial(
+            nn.Conv,
+            kernel_size=(3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            kernel_init=conv_kernel_init,
+            dtype=self.dtype,
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=BN_EPSILON,
+            axis_name=self.bn_axis_name,
+            dtype=self.dtype,
+        )
+        x = jnp.asarray(x, self.dtype)
+        x = conv(self.width, name="stem_conv")(x)
+        x = nn.relu(norm(name="stem_bn")(x))
+        for stage in range(3):
+            for block in range(blocks_per_stage):
+                x = _BasicBlock(
+                    features=self.width * 2**stage,
+                    strides=2 if stage > 0 and block == 0 else 1,
+                    conv=conv,
+                    norm=norm,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return classifier_head(x, self.num_classes)
