@@ -145,22 +145,53 @@ def make_plots(methods: dict[str, dict], workdir: str, *, tsne: bool) -> list[st
         ax.set_title("Pairwise margins, baseline vs PMM")
         ax.legend()
         written.append(_save(fig, workdir, "margin_histograms.png"))
-    # 3. t-SNE of penultimate test features (seed 0), the paper's Fig. 2.
-    if tsne and BASELINE in examples and "pmm" in examples:
-        from sklearn.manifold import TSNE
-
-        fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-        for ax, name in zip(axes, (BASELINE, "pmm"), strict=True):
-            feats = examples[name]["pre_logits_seed0"]
-            emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(
-                feats
-            )
-            ax.scatter(emb[:, 0], emb[:, 1], c=examples[name]["label"], cmap="tab10", s=4)
-            ax.set_title(f"{name}: t-SNE of penultimate test features")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        written.append(_save(fig, workdir, "tsne_features.png"))
+    # 3. t-SNE of penultimate test features (seed 0): the paper's Fig. 2 (and Fig. 3,
+    # five random classes, when there are many classes). Side by side when the run
+    # has both a baseline and PMM, else one panel per method.
+    if tsne and examples:
+        pair = [BASELINE, "pmm"] if BASELINE in examples and "pmm" in examples else None
+        groups = (
+            [("tsne_features.png", pair)]
+            if pair
+            else [(f"tsne_{name}.png", [name]) for name in examples]
+        )
+        for filename, names in groups:
+            fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 5), squeeze=False)
+            for ax, name in zip(axes[0], names, strict=True):
+                feats, labels = _tsne_subset(examples[name])
+                emb = _tsne(feats)
+                ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10", s=4)
+                ax.set_title(f"{name}: t-SNE of penultimate test features")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            written.append(_save(fig, workdir, filename))
     return written
+
+
+def _tsne_subset(ex, max_points: int = 2000, max_classes: int = 10, seed: int = 0):
+    """At most ``max_classes`` classes (five random ones beyond that, as the paper's
+    Fig. 3) and ``max_points`` points, chosen reproducibly."""
+    feats, labels = ex["pre_logits_seed0"], ex["label"]
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    if len(classes) > max_classes:
+        keep = rng.choice(classes, size=5, replace=False)
+        idx = np.flatnonzero(np.isin(labels, keep))
+        labels = np.searchsorted(np.sort(keep), labels)  # colors 0..4
+        feats, labels = feats[idx], labels[idx]
+    if len(labels) > max_points:
+        idx = rng.choice(len(labels), size=max_points, replace=False)
+        feats, labels = feats[idx], labels[idx]
+    return feats, labels
+
+
+def _tsne(feats):
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30, max(2, (len(feats) - 1) // 3)))
+    return TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(
+        feats
+    )
 
 
 def _save(fig, workdir, name):

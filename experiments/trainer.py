@@ -101,14 +101,24 @@ def total_steps_of(config, steps_per_epoch: int) -> int:
     return int(config.num_train_steps)
 
 
-def _check_schedule(config, total: int) -> int:
+def intervals(config, steps_per_epoch: int, total: int) -> dict[str, int]:
+    """Log / eval / checkpoint intervals in steps (``*_every_epochs`` wins if > 0)."""
+    out = {}
+    for what in ("log", "eval", "checkpoint"):
+        epochs = config.get(f"{what}_every_epochs", 0)
+        out[what] = (
+            round(epochs * steps_per_epoch) if epochs else int(config[f"{what}_every_steps"])
+        )
     k = config.steps_per_call
-    for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
-        if config[name] % k:
-            raise ValueError(f"`{name}`={config[name]} must be a multiple of `steps_per_call`={k}.")
+    for what, every in out.items():
+        if every < 1 or every % k:
+            raise ValueError(
+                f"the {what} interval of {every} steps must be a positive multiple of "
+                f"`steps_per_call`={k} (set `steps_per_call=1` for epoch-based intervals)."
+            )
     if total % k:
         raise ValueError(f"the run's {total} steps must be a multiple of `steps_per_call`={k}.")
-    return k
+    return out
 
 
 def _stack(batches):
@@ -233,15 +243,20 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
     global_batch = config.batch_size
     steps_per_epoch = max(1, dataset.num_train // global_batch)
     total = total_steps_of(config, steps_per_epoch)
-    k = _check_schedule(config, total)
+    every = intervals(config, steps_per_epoch, total)
+    k = config.steps_per_call
     mesh = training.make_mesh()
     runner = _Runner(config, dataset, mesh, total, steps_per_epoch)
 
     ckpt = training.Checkpointer(
         os.path.join(workdir, "checkpoints"),
-        save_every=config.checkpoint_every_steps,
+        save_every=every["checkpoint"],
         keep=config.keep_checkpoints,
     )
+    # The best state by mean accuracy on `eval_split` (select on validation!).
+    best_ckpt = None
+    if config.get("save_best", False):
+        best_ckpt = training.Checkpointer(os.path.join(workdir, "best"), save_every=1, keep=1)
     restored = ckpt.restore_latest(runner.state)
     if restored is not None:
         runner.state = restored
@@ -271,7 +286,7 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
         step += k
         window.append(metrics)
         bar.update(k)
-        if step % config.log_every_steps == 0 or step == total:
+        if step % every["log"] == 0 or step == total:
             train = {
                 key: float(np.mean(np.concatenate([np.asarray(m[key]).ravel() for m in window])))
                 for key in window[0]
@@ -279,7 +294,7 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
             window = []
             log.write(step, {f"train/{key}": v for key, v in train.items()})
             bar.set_postfix(loss=f"{train['loss']:.3f}", acc=f"{train['accuracy']:.3f}")
-        if step % config.eval_every_steps == 0 or step == total:
+        if step % every["eval"] == 0 or step == total:
             ev = runner.evaluate(split)
             curves.setdefault("step", []).append(step)
             curves.setdefault(f"{split}_accuracy", []).append(ev["accuracy"].tolist())
@@ -291,13 +306,32 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
                 },
                 curves=curves,
             )
+            if best_ckpt is not None and ev["accuracy"].mean() > log.meta.get("best_acc", -1.0):
+                best_ckpt.save(runner.state, force=True)
+                log.set_meta(best_acc=float(ev["accuracy"].mean()), best_step=step)
         if ckpt.save(runner.state):
             log.set_meta(wall_time_s=elapsed + time.perf_counter() - t0)
     bar.close()
     ckpt.save(runner.state, force=True)
     ckpt.close()
 
-    final = runner.evaluate(config.get("final_split", "test"), keep_examples=True)
+    final_split = config.get("final_split", "test")
+    extra = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count()}
+    if best_ckpt is not None:
+        best_ckpt.wait()
+        last_state = runner.state
+        best_state = best_ckpt.restore_latest(runner.state)
+        if best_state is not None:
+            runner.state = best_state
+            best = runner.evaluate(final_split)
+            extra["best"] = {
+                "step": log.meta.get("best_step"),
+                f"{split}_accuracy": log.meta.get("best_acc"),
+                f"{final_split}_accuracy": best["accuracy"].tolist(),
+            }
+        runner.state = last_state
+        best_ckpt.close()
+    final = runner.evaluate(final_split, keep_examples=True)
     wall = elapsed + time.perf_counter() - t0
     log.set_meta(wall_time_s=wall)
     log.close()
@@ -318,7 +352,7 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
         wall_time_s=wall,
         steps=total,
         config_hash=digest,
-        extra={"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count()},
+        extra=extra,
     )
     if jax.process_index() == 0:
         tmp = result_path + ".tmp"

@@ -60,10 +60,14 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# Chosen by `python -m experiments.sweep` (validation accuracy, 3 seeds).
-PMM_ALPHA_END = 1e-6  # linear ramp alpha_end/100 -> alpha_end, as the paper's 1e-5 -> 1e-3
+# Chosen by `python -m experiments.sweep` (best mean validation accuracy over 3
+# seeds, validation = the last 500 training examples; run of 2026-11-26, see
+# README "Choosing alpha"): PMM linear ramp 1e-7 -> 1e-5 (95.67 +- 0.23 %),
+# weight decay 1e-4 (93.93 +- 1.81 %), dropout 0.5 (95.33 +- 0.42 %); no
+# regularization 89.80 +- 2.11 %.
+PMM_ALPHA_END = 1e-5  # linear ramp alpha_end/100 -> alpha_end, the ratio of the paper's 1e-5 -> 1e-3
 WEIGHT_DECAY = 1e-4
-DROPOUT = 0.2
+DROPOUT = 0.5
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
