@@ -156,7 +156,7 @@ def test_bert_config_from_hf_config_json(tmp_path):
 def test_bert_modules_do_not_import_tensorflow():
     code = (
         "import sys, pmm_jax, experiments.models.bert, experiments.models.bert_import, "
-        "experiments.data.text\n"
+        "experiments.data.text, experiments.data.glue\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
