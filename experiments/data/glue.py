@@ -34,7 +34,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from experiments.data.base import Batch, Dataset, DatasetNotPreparedError
-from experiments.data.text import TEXT_KEYS, encode_pairs
+from experiments.data.text import TEXT_KEYS, configure, encode_pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +172,8 @@ def get_glue(
     """
     spec = _task(task)
     sources = _data_sources(task, ("train", *spec.eval_splits), data_dir)
-    tokenizer = Tokenizer.from_str(tokenizer.to_str())  # private: configured once, shared
-    encode_pairs(tokenizer, [""], max_len=max_len)  # sets truncation/padding now
+    # A private copy, configured once, then shared by the reading threads.
+    tokenizer = configure(Tokenizer.from_str(tokenizer.to_str()), max_len=max_len)
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
 
     def to_batch(examples: Sequence[dict[str, Any]]) -> Batch:

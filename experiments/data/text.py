@@ -46,21 +46,26 @@ def _pad_token(tokenizer: Tokenizer) -> tuple[str, int]:
     raise ValueError("The tokenizer has no padding configured and no [PAD] / <pad> token.")
 
 
-def _configure(tokenizer: Tokenizer, max_len: int) -> None:
-    """Sets longest-first truncation and right padding to ``max_len`` if not so yet."""
+def configure(tokenizer: Tokenizer, *, max_len: int) -> Tokenizer:
+    """Sets longest-first truncation and right padding to ``max_len``, in place.
+
+    Only touches the tokenizer when its settings differ, so that threads that
+    share a tokenizer configured once can encode concurrently.
+
+    Returns:
+      The same tokenizer.
+    """
     truncation = {"max_length": max_len, "stride": 0, "strategy": "longest_first"}
-    current = tokenizer.truncation or {}
-    if (
-        any(current.get(k) != v for k, v in truncation.items())
-        or current.get("direction", "right") != "right"
-    ):
-        tokenizer.enable_truncation(max_len, stride=0, strategy="longest_first", direction="right")
+    if tokenizer.truncation != {**truncation, "direction": "right"}:
+        tokenizer.enable_truncation(**truncation, direction="right")
     padding = tokenizer.padding or {}
-    if padding.get("length") != max_len or padding.get("direction") != "right":
+    wanted = {"length": max_len, "direction": "right", "pad_type_id": 0, "pad_to_multiple_of": None}
+    if any(padding.get(k) != v for k, v in wanted.items()):
         pad_token, pad_id = _pad_token(tokenizer)
         tokenizer.enable_padding(
             direction="right", pad_id=pad_id, pad_type_id=0, pad_token=pad_token, length=max_len
         )
+    return tokenizer
 
 
 def encode_pairs(
@@ -77,9 +82,7 @@ def encode_pairs(
     inputs are truncated longest-first (tokens are removed from the longer of the
     two texts, special tokens kept); all are padded on the right to ``max_len``.
 
-    The tokenizer's truncation and padding settings are set in place (to these
-    values) when they differ; the same tokenizer can then be shared by threads
-    that encode with the same ``max_len``.
+    The tokenizer's truncation and padding are set in place by ``configure``.
 
     Args:
       tokenizer: a ``tokenizers.Tokenizer`` (see ``load_tokenizer``).
@@ -91,7 +94,7 @@ def encode_pairs(
       ``{"input_ids", "token_type_ids", "attention_mask"}``, each ``int32[N, T]``;
       ``attention_mask`` is 1 on real tokens and 0 on padding.
     """
-    _configure(tokenizer, max_len)
+    configure(tokenizer, max_len=max_len)
     texts_a = [_to_str(t) for t in texts_a]
     if texts_b is None:
         inputs = texts_a
