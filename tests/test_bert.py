@@ -247,6 +247,15 @@ def test_bert_import_reports_missing_unexpected_and_misshapen_weights():
         )
 
 
+def test_bert_import_rejects_a_weight_given_twice():
+    cfg = tiny_config(num_layers=1)
+    fresh = init_params(BertClassifier(cfg, 2), random_inputs(cfg))
+    state = fake_hf_state_dict(cfg)
+    state["pooler.dense.bias"] = state["bert.pooler.dense.bias"]  # with and without "bert."
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\)"):
+        load_hf_params(state, fresh, config=cfg)
+
+
 def test_bert_import_head_of_another_task():
     cfg = tiny_config()
     fresh = init_params(BertClassifier(cfg, 2), random_inputs(cfg))
