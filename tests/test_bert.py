@@ -240,6 +240,12 @@ def test_bert_import_reports_missing_unexpected_and_misshapen_weights():
     assert "bert.embeddings.word_embeddings.weight: checkpoint (7, 32)" in message
     assert f"({cfg.vocab_size}, 32)" in message
 
+    # The pooler may be absent, but not half of it.
+    state = fake_hf_state_dict(cfg)
+    del state["bert.pooler.dense.bias"]
+    with pytest.raises(CheckpointMismatchError, match=r"\['pooler\.dense\.bias'\]"):
+        load_hf_params(state, fresh, config=cfg)
+
     # A checkpoint of another family: nothing matches, and the error says so.
     with pytest.raises(CheckpointMismatchError, match="BERT-family"):
         load_hf_params(

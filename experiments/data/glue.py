@@ -9,7 +9,7 @@ The pipeline never downloads: ``get_glue`` raises ``DatasetNotPreparedError`` at
 once when the data is missing. ``glue`` is a "legacy" tfds builder, registered by
 ``import tensorflow_datasets`` only when TensorFlow imports; importing its module
 (``tensorflow_datasets.text.glue``) registers it without TensorFlow, which this
-module does. Neither reading nor preparing imports TensorFlow.
+module does. Neither reading nor preparing needs TensorFlow.
 
 Batches follow ``experiments.data.base``: ``{"x": {"input_ids", "token_type_ids",
 "attention_mask"}, "y", "mask" (evaluation only)}``, each ``x`` field

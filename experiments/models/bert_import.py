@@ -235,7 +235,13 @@ def load_hf_params(
             continue
         _get(new, path[:-1])[path[-1]] = jnp.asarray(value)
         loaded.append(key)
-    missing = [k for k, (path, _) in names.items() if k not in seen and path[0] not in _OPTIONAL]
+    # The pooler and head may be absent, but not in part.
+    present = {names[k][0][0] for k in seen}
+    missing = [
+        k
+        for k, (path, _) in names.items()
+        if k not in seen and (path[0] not in _OPTIONAL or path[0] in present)
+    ]
     if missing or unexpected or shape_errors:
         lines = [f"The checkpoint does not fit BertClassifier({config}):"]
         if missing:
