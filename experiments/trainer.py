@@ -27,7 +27,6 @@ from typing import Any
 
 import jax
 import jax.experimental.multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax import lax
@@ -35,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import optim
-from experiments.data.base import Dataset
+from experiments.data.base import Dataset, sample_input
 from experiments.data.registry import get_dataset
 from experiments.metrics_log import MetricsLog, progress
 from experiments.models import get_model
@@ -212,14 +211,7 @@ def _to_host(x):
 
 
 def _sample_input(dataset: Dataset):
-    def zeros(spec):
-        shape, dtype = spec
-        return jnp.zeros((2, *shape), dtype)
-
-    spec = dataset.input_spec
-    if set(spec) == {"x"}:
-        return zeros(spec["x"])
-    return {name: zeros(s) for name, s in spec.items()}
+    return sample_input(dataset.input_spec)
 
 
 def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> MethodResult:

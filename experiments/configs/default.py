@@ -65,7 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
 # README "Choosing alpha"): PMM linear ramp 1e-7 -> 1e-5 (95.67 +- 0.23 %),
 # weight decay 1e-4 (93.93 +- 1.81 %), dropout 0.5 (95.33 +- 0.42 %); no
 # regularization 89.80 +- 2.11 %.
-PMM_ALPHA_END = 1e-5  # linear ramp alpha_end/100 -> alpha_end, the ratio of the paper's 1e-5 -> 1e-3
+PMM_ALPHA_END = (
+    1e-5  # linear ramp alpha_end/100 -> alpha_end, the ratio of the paper's 1e-5 -> 1e-3
+)
 WEIGHT_DECAY = 1e-4
 DROPOUT = 0.5
 

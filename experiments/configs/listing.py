@@ -6,7 +6,8 @@ import importlib.util
 import os
 
 import jax
-import jax.numpy as jnp
+
+from experiments.data.base import sample_input
 
 
 def load_config(path: str, variant: str = ""):
@@ -22,15 +23,7 @@ def count_params(config, num_classes: int, input_spec) -> int:
 
     model = get_model(config.model, num_classes=num_classes, **config.model_kwargs)
 
-    def sample(spec):
-        shape, dtype = spec
-        return jax.ShapeDtypeStruct((1, *shape), jnp.dtype(dtype))
-
-    x = (
-        sample(input_spec["x"])
-        if set(input_spec) == {"x"}
-        else {k: sample(v) for k, v in input_spec.items()}
-    )
+    x = sample_input(input_spec, batch=1, abstract=True)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     variables = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
     return sum(int(leaf.size) for leaf in jax.tree.leaves(variables["params"]))
@@ -49,8 +42,7 @@ def print_configs(config_dir: str) -> None:
 def _shape_info(config):
     """(num_classes, input_spec) without touching the data (configs may name them)."""
     if "num_classes" in config and "input_spec" in config:
-        spec = {k: (tuple(v[0]), v[1]) for k, v in config.input_spec.items()}
-        return config.num_classes, spec
+        return config.num_classes, config.input_spec.to_dict()
     if config.dataset == "mnist1d":
         return 10, {"x": ((40,), "float32")}
     raise ValueError(f"config {config.name!r} must set `num_classes` and `input_spec` to be listed")

@@ -62,3 +62,30 @@ class Dataset:
 
 class DatasetNotPreparedError(RuntimeError):
     """A dataset that must be prepared once (``tfds build``) is not on disk."""
+
+
+def _is_leaf_spec(spec) -> bool:
+    return (
+        isinstance(spec, (tuple, list))
+        and len(spec) == 2
+        and isinstance(spec[1], str)
+        and isinstance(spec[0], (tuple, list))
+    )
+
+
+def sample_input(input_spec: dict, batch: int = 2, *, abstract: bool = False):
+    """Zeros (or ``jax.ShapeDtypeStruct``s) shaped like a batch of ``input_spec["x"]``.
+
+    ``input_spec["x"]`` is ``(shape, dtype)`` or a (nested) dict of them, e.g.
+    ``{"input_ids": ((128,), "int32"), ...}`` for text.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def build(spec):
+        if _is_leaf_spec(spec):
+            shape, dtype = (batch, *spec[0]), jnp.dtype(spec[1])
+            return jax.ShapeDtypeStruct(shape, dtype) if abstract else jnp.zeros(shape, dtype)
+        return {k: build(v) for k, v in dict(spec).items()}
+
+    return build(input_spec["x"])

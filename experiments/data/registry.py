@@ -20,9 +20,16 @@ def get_dataset(name: str, **kwargs) -> Dataset:
 
         return images.get_dataset(name, **kwargs)
     if name.startswith("glue/"):
-        from experiments.data import glue
+        from experiments.data import glue, text
 
-        return glue.get_dataset(name, **kwargs)
+        kwargs = dict(kwargs)
+        tokenizer = kwargs.pop("tokenizer", None)
+        if not tokenizer:
+            raise ValueError(
+                f"{name} needs `tokenizer`: the checkpoint directory (or tokenizer.json) "
+                "whose tokenizer to use, e.g. --config.dataset_kwargs.tokenizer=/path/to/bert."
+            )
+        return glue.get_glue(name.split("/", 1)[1], text.load_tokenizer(tokenizer), **kwargs)
     raise ValueError(
         f"Unknown dataset {name!r}; known: mnist1d, cifar10, cifar100, imagenet2012, glue/<task>."
     )

@@ -34,7 +34,7 @@ _REGISTRY = {
     "vgg16_bn": ("experiments.models.vgg", "VGG16BN"),
     "wrn": ("experiments.models.wrn", "WideResNet"),
     "mobilenet_v1": ("experiments.models.mobilenet", "MobileNetV1"),
-    "bert": ("experiments.models.bert", "BertClassifier"),
+    "bert": ("experiments.models.bert", "build_classifier"),
 }
 
 

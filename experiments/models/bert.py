@@ -344,3 +344,24 @@ class BertClassifier(nn.Module):
         pre_logits = nn.Dropout(rate)(pooled, deterministic=not train)
         logits = dense(self.num_classes, name="head")(pre_logits)
         return logits, {"pre_logits": pre_logits, "pooled": pooled, "hidden_states": hidden}
+
+
+def build_classifier(
+    num_classes: int,
+    *,
+    hf_config: str | None = None,
+    dtype: Any = jnp.float32,
+    **overrides,
+) -> BertClassifier:
+    """A ``BertClassifier`` from a Hugging Face ``config.json`` (path) or from fields.
+
+    ``hf_config`` names a checkpoint directory or its ``config.json``; without it
+    the ``BertConfig`` defaults (BERT-base) apply. ``overrides`` replace fields
+    (e.g. ``num_layers=2`` for a tiny test model). Registered as ``"bert"`` in
+    ``experiments.models``; the weights themselves are loaded by the trainer
+    (``config.pretrained``), not here.
+    """
+    config = BertConfig.from_hf_config(hf_config) if hf_config else BertConfig()
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    return BertClassifier(config, num_classes, dtype=jnp.dtype(dtype))
