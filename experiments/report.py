@@ -52,14 +52,20 @@ def format_table(methods: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def format_comparisons(comparisons: dict[str, dict]) -> str:
+def format_comparisons(comparisons: dict[str, dict], treated: str | None = None) -> str:
+    """One line per comparison with per-seed differences and p-values.
+
+    Keys are the treated methods, compared with the baseline; or, with
+    ``treated`` given, the reference methods that ``treated`` is compared with.
+    """
     lines = []
     for name, c in comparisons.items():
+        first, second = (treated, name) if treated else (name, BASELINE)
         diffs = ", ".join(f"{100 * d:+.2f}" for d in c["diff_per_seed"])
         t_p = "n/a" if c["paired_t"] is None else f"{c['paired_t']['p']:.3g}"
         w_p = "n/a" if c["wilcoxon"] is None else f"{c['wilcoxon']['p']:.3g}"
         lines.append(
-            f"{name} - {BASELINE}: mean {100 * c['mean_diff']:+.2f} points over {c['n']} seeds "
+            f"{first} - {second}: mean {100 * c['mean_diff']:+.2f} points over {c['n']} seeds "
             f"[{diffs}]; paired t p={t_p}, Wilcoxon p={w_p}"
         )
     return "\n".join(lines)
@@ -77,10 +83,19 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
                 comparisons[name] = paired_comparison(
                     m["test_accuracy"], methods[BASELINE]["test_accuracy"]
                 )
+    # PMM against the other regularizers, seed by seed (same seeds, same data order).
+    pmm_vs = {}
+    if "pmm" in methods:
+        for other in ("weight_decay", "dropout"):
+            if other in methods:
+                pmm_vs[other] = paired_comparison(
+                    methods["pmm"]["test_accuracy"], methods[other]["test_accuracy"]
+                )
     summary = {
         "dataset": dataset_name,
         "methods": methods,
         "comparisons_vs_baseline": comparisons,
+        "pmm_vs": pmm_vs,
         "config": config.to_dict(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -89,6 +104,8 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
         json.dump(summary, f, indent=2, default=str)
     table = format_table(methods)
     text = table + ("\n\n" + format_comparisons(comparisons) if comparisons else "")
+    if pmm_vs:
+        text += "\n" + format_comparisons(pmm_vs, treated="pmm")
     with open(os.path.join(workdir, "summary.txt"), "w") as f:
         f.write(text + "\n")
     print("\n" + text, flush=True)

@@ -6,6 +6,7 @@ for several seeds, every point of:
 * PMM alpha on a log grid (1e-9 .. 1e-3), two schedules: the paper's linear ramp
   (``alpha_end / 100 -> alpha_end``, the ratio of the paper's 1e-5 -> 1e-3) and a
   constant ``alpha``;
+* the same linear ramp with the multiclass hinge as the base loss (``pmm_hinge``);
 * the baselines' own knobs (weight decay, dropout rate), so that every method is
   compared at its best;
 
@@ -55,6 +56,9 @@ def grid_points(config) -> list[tuple[str, float, dict]]:
         points.append(
             ("pmm_constant", alpha, {"pmm": {"alpha_schedule": "constant", "alpha_end": alpha}})
         )
+    for alpha in config.sweep.get("hinge_alphas", ()):
+        ramp = {"alpha_schedule": "linear", "alpha_init": alpha / 100, "alpha_end": alpha}
+        points.append(("pmm_hinge_linear", alpha, {"pmm": dict(ramp, base_loss="hinge")}))
     for wd in config.sweep.weight_decays:
         points.append(("weight_decay", wd, {"weight_decay": wd}))
     for rate in config.sweep.dropout_rates:

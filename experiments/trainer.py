@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.experimental.multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax import lax
@@ -167,6 +168,19 @@ class _Runner:
             out_shardings=NamedSharding(mesh, P(None, "data")),
         )
 
+    def split_metrics(self, outs) -> dict[str, np.ndarray]:
+        """Dataset-specific metrics per seed (e.g. F1 for GLUE's QQP and MRPC)."""
+        task = self.dataset.extra.get("task")
+        if task is None or "f1" not in self.dataset.extra.get("metrics", ()):
+            return {}
+        from experiments.data.glue import glue_metrics
+
+        f1 = [
+            glue_metrics(task.name, p, y)["f1"]
+            for p, y in zip(outs["pred"], outs["label"], strict=True)
+        ]
+        return {"f1": np.asarray(f1)}
+
     def put(self, batch, sharding, batch_axis):
         procs = jax.process_count()
 
@@ -198,10 +212,60 @@ class _Runner:
             "loss": outs["loss"].mean(axis=1),
             "margin_mean": margins.mean(axis=1),
             "margin_p10": np.percentile(margins, 10, axis=1),
+            **self.split_metrics(outs),
         }
         if keep_examples:
             result.update(margins=margins, pre_logits=outs["pre_logits"], label=outs["label"][0])
         return result
+
+
+def load_pretrained(state: training.TrainState, model, pretrained) -> training.TrainState:
+    """Loads pretrained weights into every seed's params (heads stay freshly initialized).
+
+    ``pretrained.kind == "hf_bert"``: a Hugging Face BERT-family checkpoint
+    directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
+    """
+    if pretrained.get("kind", "hf_bert") != "hf_bert":
+        raise ValueError(f"Unknown pretrained.kind {pretrained.kind!r}; known: hf_bert.")
+    from experiments.models.bert_import import load_hf_params, read_hf_checkpoint
+
+    weights = read_hf_checkpoint(pretrained.path)
+    seeds = jax.tree.leaves(state.params)[0].shape[0]
+    loaded = []
+    for i in range(seeds):
+        params_i = jax.tree.map(lambda x, i=i: np.asarray(x[i]), state.params)
+        new, report = load_hf_params(weights, params_i, config=model.config, load_head=False)
+        loaded.append(new)
+    print(f"[pretrained] {pretrained.path}: {report}", flush=True)
+    params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *loaded)
+    return state.replace(params=params)
+
+
+def resolve_pretrained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Points the BERT architecture and the tokenizer at ``config.pretrained.path``.
+
+    For ``model == "bert"``: ``model_kwargs.hf_config`` and the dataset's
+    ``tokenizer`` default to the checkpoint directory, so one flag
+    (``--config.pretrained.path=DIR``) sets all three.
+    """
+    pretrained = config.get("pretrained")
+    if config.model != "bert" or not pretrained:
+        return config
+    config = copy.deepcopy(config)
+    path = pretrained.get("path", "")
+    with config.unlocked():
+        if not path and not config.get("allow_random_init", False):
+            raise ValueError(
+                f"config {config.name!r} fine-tunes a pretrained BERT: set "
+                "--config.pretrained.path=DIR, a directory with config.json, "
+                "model.safetensors (or pytorch_model.bin) and tokenizer.json "
+                "(e.g. a local copy of bert-base-uncased)."
+            )
+        if path and not config.model_kwargs.get("hf_config"):
+            config.model_kwargs.hf_config = path
+        if path and "tokenizer" in config.dataset_kwargs and not config.dataset_kwargs.tokenizer:
+            config.dataset_kwargs.tokenizer = path
+    return config
 
 
 def _to_host(x):
@@ -324,6 +388,16 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
         runner.state = last_state
         best_ckpt.close()
     final = runner.evaluate(final_split, keep_examples=True)
+    extra["final_metrics"] = {
+        k: v.tolist() for k, v in final.items() if k in ("accuracy", "f1", "loss")
+    }
+    if config.get("evaluate_all_splits", False):
+        extra["splits"] = {}
+        for other in dataset.eval_splits:
+            ev = final if other == final_split else runner.evaluate(other)
+            extra["splits"][other] = {
+                k: v.tolist() for k, v in ev.items() if k in ("accuracy", "f1", "margin_mean")
+            }
     wall = elapsed + time.perf_counter() - t0
     log.set_meta(wall_time_s=wall)
     log.close()
@@ -359,6 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from experiments import report
 
     os.makedirs(workdir, exist_ok=True)
+    config = resolve_pretrained(config)
     dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
     results = {}
     for name, method_config in expand_methods(config).items():

@@ -1,10 +1,12 @@
 """Shared pieces of the BERT tests: a tiny tokenizer, a tiny config, fake checkpoints."""
 
+import json
 import string
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from experiments.models.bert import BertClassifier, BertConfig
@@ -102,3 +104,33 @@ def as_numpy(tree):
 
 def max_abs_diff(a, b) -> float:
     return float(jnp.max(jnp.abs(jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32))))
+
+
+def hf_config_json(config: BertConfig, **extra) -> dict:
+    return {
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "layer_norm_eps": config.layer_norm_eps,
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "hidden_act": config.hidden_act,
+        **extra,
+    }
+
+
+def write_checkpoint(path, cfg, state, *, tokenizer=None):
+    """A Hugging Face-style checkpoint directory: config.json, model.safetensors, tokenizer.json."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(hf_config_json(cfg)))
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in state.items()}, str(path / "model.safetensors")
+    )
+    if tokenizer is not None:
+        tokenizer.save(str(path / "tokenizer.json"))
+    return path

@@ -22,30 +22,13 @@ from experiments.models.bert_import import (
 )
 from tests.bert_helpers import (
     fake_hf_state_dict,
+    hf_config_json,
     init_params,
     max_abs_diff,
     random_inputs,
     tiny_config,
+    write_checkpoint,
 )
-
-
-def _hf_config_json(config: BertConfig, **extra) -> dict:
-    return {
-        "model_type": "bert",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "intermediate_size": config.intermediate_size,
-        "max_position_embeddings": config.max_position_embeddings,
-        "type_vocab_size": config.type_vocab_size,
-        "layer_norm_eps": config.layer_norm_eps,
-        "hidden_dropout_prob": config.hidden_dropout,
-        "attention_probs_dropout_prob": config.attention_dropout,
-        "hidden_act": config.hidden_act,
-        **extra,
-    }
-
 
 # --------------------------------------------------------------------------- model
 
@@ -135,15 +118,15 @@ def test_bert_rejects_too_long_inputs():
         init_params(BertClassifier(cfg, 2), x)
 
 
-def test_bert_config_from_hf_config_json(tmp_path):
+def test_bert_config_fromhf_config_json(tmp_path):
     cfg = tiny_config(hidden_dropout=0.2)
-    (tmp_path / "config.json").write_text(json.dumps(_hf_config_json(cfg, classifier_dropout=0.3)))
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_json(cfg, classifier_dropout=0.3)))
     loaded = BertConfig.from_hf_config(tmp_path)
     assert loaded == tiny_config(hidden_dropout=0.2, classifier_dropout=0.3)
     assert BertConfig.from_hf_config(tmp_path / "config.json") == loaded
 
     (tmp_path / "config.json").write_text(
-        json.dumps(_hf_config_json(cfg, position_embedding_type="relative_key"))
+        json.dumps(hf_config_json(cfg, position_embedding_type="relative_key"))
     )
     with pytest.raises(ValueError, match="relative_key"):
         BertConfig.from_hf_config(tmp_path)
@@ -291,18 +274,10 @@ def test_bert_import_accepts_tf1_layer_norm_names():
     )
 
 
-def _write_checkpoint(path, cfg, state):
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(_hf_config_json(cfg)))
-    save_file(
-        {k: np.ascontiguousarray(v) for k, v in state.items()}, str(path / "model.safetensors")
-    )
-
-
 def test_bert_load_hf_bert_from_a_safetensors_directory(tmp_path):
     cfg = tiny_config()
     state = fake_hf_state_dict(cfg)
-    _write_checkpoint(tmp_path / "ckpt", cfg, state)
+    write_checkpoint(tmp_path / "ckpt", cfg, state)
     model, params, report = load_hf_bert(tmp_path / "ckpt", 4, seed=3)
     assert model.config == cfg and model.num_classes == 4
     assert report.initialized == ["head/bias", "head/kernel"]

@@ -67,3 +67,45 @@ def test_local_variant_trains_and_evaluates_on_mock_data(name, tmp_path):
     assert saved["dataset"] == config.dataset
     if config.get("save_best"):
         assert "best" in method["extra"]
+
+
+GLUE = ["glue_mnli", "glue_qnli", "glue_rte", "glue_qqp", "glue_mrpc", "glue_sst2"]
+
+
+@pytest.mark.parametrize("name", GLUE)
+def test_glue_row_and_twin(name):
+    pmm, base = _config(name), _config(name, "baseline")
+    assert pmm.pmm.alpha_schedule == "constant" and pmm.pmm.alpha_end == 1e-5
+    assert base.pmm.alpha_schedule == "none"
+    assert (pmm.learning_rate, pmm.num_epochs) == (2e-5, 3)
+    if name == "glue_mnli":
+        mm = _config(name, "mismatched")
+        assert mm.pmm.alpha_end == 1e-6 and mm.final_split == "validation_mismatched"
+
+
+def test_glue_needs_a_checkpoint_path(tmp_path):
+    with pytest.raises(ValueError, match=r"pretrained\.path"):
+        train_and_evaluate(_config("glue_sst2", "local"), str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["glue_sst2", "glue_mrpc", "glue_mnli"])
+def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tests.bert_helpers import fake_hf_state_dict, tiny_config, tiny_tokenizer, write_checkpoint
+
+    cfg = tiny_config()
+    ckpt = write_checkpoint(
+        tmp_path / "ckpt", cfg, fake_hf_state_dict(cfg), tokenizer=tiny_tokenizer()
+    )
+    config = _config(name, "local")
+    with config.unlocked():
+        config.pretrained.path = str(ckpt)
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=16):
+        summary = train_and_evaluate(config, str(tmp_path / "run"))
+    (method,) = summary["methods"].values()
+    splits = method["extra"]["splits"]
+    if name == "glue_mnli":
+        assert set(splits) == {"validation_matched", "validation_mismatched"}
+    if name == "glue_mrpc":
+        assert "f1" in method["extra"]["final_metrics"]
+    assert 0 <= method["test_accuracy"][0] <= 1

@@ -132,6 +132,13 @@ def test_sweep_local_writes_json_and_plot(tmp_path):
     data = json.loads((tmp_path / "sweep.json").read_text())
     assert data["split"] == "validation"
     families = {r["family"] for r in data["rows"]}
-    assert families == {"baseline", "pmm_linear", "pmm_constant", "weight_decay", "dropout"}
+    assert families == {
+        "baseline",
+        "pmm_linear",
+        "pmm_constant",
+        "pmm_hinge_linear",
+        "weight_decay",
+        "dropout",
+    }
     assert set(out["selected"]) == families
     assert (tmp_path / "sweep_alpha.png").stat().st_size > 1000

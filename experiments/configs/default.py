@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_schedule = "constant"
     c.lr_boundaries = ()  # epochs, for lr_schedule="step"
     c.lr_decay = 0.1
-    c.warmup_epochs = 0
+    c.warmup_epochs = 0.0
     c.momentum = 0.9
     c.nesterov = False
     c.weight_decay = 0.0  # coupled L2 for sgd/adam

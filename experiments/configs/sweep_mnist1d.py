@@ -22,6 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.sweep = ml_collections.ConfigDict(
         {
             "alphas": (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3),
+            "hinge_alphas": (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3),
             "weight_decays": (1e-5, 1e-4, 1e-3, 1e-2),
             "dropout_rates": (0.1, 0.2, 0.3, 0.5, 0.7),
         }
@@ -35,6 +36,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.checkpoint_every_steps = 10
         c.model_kwargs.channels = 4
         c.sweep.alphas = (1e-6, 1e-3)
+        c.sweep.hinge_alphas = (1e-6,)
         c.sweep.weight_decays = (1e-4,)
         c.sweep.dropout_rates = (0.2,)
     elif variant:

@@ -349,19 +349,22 @@ class BertClassifier(nn.Module):
 def build_classifier(
     num_classes: int,
     *,
+    config: BertConfig | None = None,
     hf_config: str | None = None,
     dtype: Any = jnp.float32,
     **overrides,
 ) -> BertClassifier:
-    """A ``BertClassifier`` from a Hugging Face ``config.json`` (path) or from fields.
+    """A ``BertClassifier`` from a ``BertConfig``, a Hugging Face ``config.json``, or fields.
 
-    ``hf_config`` names a checkpoint directory or its ``config.json``; without it
-    the ``BertConfig`` defaults (BERT-base) apply. ``overrides`` replace fields
+    ``config`` is used as is; else ``hf_config`` names a checkpoint directory or
+    its ``config.json``; else the ``BertConfig`` defaults (BERT-base) apply.
+    ``overrides`` replace fields
     (e.g. ``num_layers=2`` for a tiny test model). Registered as ``"bert"`` in
     ``experiments.models``; the weights themselves are loaded by the trainer
     (``config.pretrained``), not here.
     """
-    config = BertConfig.from_hf_config(hf_config) if hf_config else BertConfig()
+    if config is None:
+        config = BertConfig.from_hf_config(hf_config) if hf_config else BertConfig()
     if overrides:
         config = dataclasses.replace(config, **overrides)
     return BertClassifier(config, num_classes, dtype=jnp.dtype(dtype))
