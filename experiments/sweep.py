@@ -56,6 +56,8 @@ def grid_points(config) -> list[tuple[str, float, dict]]:
         points.append(
             ("pmm_constant", alpha, {"pmm": {"alpha_schedule": "constant", "alpha_end": alpha}})
         )
+    if config.sweep.get("hinge_alphas", ()):
+        points.append(("hinge_baseline", 0.0, {"pmm": {"base_loss": "hinge"}}))
     for alpha in config.sweep.get("hinge_alphas", ()):
         ramp = {"alpha_schedule": "linear", "alpha_init": alpha / 100, "alpha_end": alpha}
         points.append(("pmm_hinge_linear", alpha, {"pmm": dict(ramp, base_loss="hinge")}))

@@ -137,6 +137,7 @@ def test_sweep_local_writes_json_and_plot(tmp_path):
         "pmm_linear",
         "pmm_constant",
         "pmm_hinge_linear",
+        "hinge_baseline",
         "weight_decay",
         "dropout",
     }
