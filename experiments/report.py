@@ -109,14 +109,21 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
     with open(os.path.join(workdir, "summary.txt"), "w") as f:
         f.write(text + "\n")
     print("\n" + text, flush=True)
-    plots = make_plots(methods, workdir, tsne=bool(config.get("tsne", False)))
+    plots = make_plots(
+        methods,
+        workdir,
+        tsne=bool(config.get("tsne", False)),
+        tsne_points=int(config.get("tsne_points", 2000)),
+    )
     summary["plots"] = plots
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     return summary
 
 
-def make_plots(methods: dict[str, dict], workdir: str, *, tsne: bool) -> list[str]:
+def make_plots(
+    methods: dict[str, dict], workdir: str, *, tsne: bool, tsne_points: int = 2000
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +182,7 @@ def make_plots(methods: dict[str, dict], workdir: str, *, tsne: bool) -> list[st
         for filename, names in groups:
             fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 5), squeeze=False)
             for ax, name in zip(axes[0], names, strict=True):
-                feats, labels = _tsne_subset(examples[name])
+                feats, labels = _tsne_subset(examples[name], max_points=tsne_points)
                 emb = _tsne(feats)
                 ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10", s=4)
                 ax.set_title(f"{name}: t-SNE of penultimate test features")

@@ -301,7 +301,7 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
     total = total_steps_of(config, steps_per_epoch)
     every = intervals(config, steps_per_epoch, total)
     k = config.steps_per_call
-    mesh = training.make_mesh()
+    mesh = training.make_mesh(config.get("num_devices", 0) or None)
     runner = _Runner(config, dataset, mesh, total, steps_per_epoch)
 
     ckpt = training.Checkpointer(
@@ -372,7 +372,7 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
     ckpt.close()
 
     final_split = config.get("final_split", "test")
-    extra = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count()}
+    extra = {"device": str(jax.devices()[0].device_kind), "num_devices": int(mesh.devices.size)}
     if best_ckpt is not None:
         best_ckpt.wait()
         last_state = runner.state

@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
     c.tsne = True  # t-SNE of penultimate test features, baseline vs PMM
+    c.tsne_points = 2000  # at most this many test points per t-SNE panel
+    c.num_devices = 0  # data-parallel devices (0 = all)
     c.methods = ml_collections.ConfigDict()  # name -> overrides; empty = one run as is
     c.method_order = ()  # the order to run and report methods (others follow, sorted)
     return c
