@@ -33,10 +33,11 @@ hundreds) does next to nothing here; the ``sweep`` variant tried 3e-4 ... 1e-1
 
 Variants: ``""`` (baseline and pmm), ``"sweep"`` (baseline, five alphas and one
 diagnostic, seeds 10 and 11, on the first 1,000 validation tweets; no test
-set), ``"full"`` (all 31,197 training tweets for one epoch, the whole test
-split, 64 tokens, five seeds: for a GPU; not run yet), ``"local"`` (2 steps, for
-tests: set ``pretrained.path`` to a tiny checkpoint and
-``dataset_kwargs.csv_path`` to a CSV).
+set), ``"full"`` (all 31,197 training tweets for one epoch, batch 32, the whole
+test split, 64 tokens, five seeds: for a GPU; not run yet, and its alpha is the
+one tuned for the small run: re-tune it with ``--config`` overrides on
+validation), ``"local"`` (2 steps, for tests: set ``pretrained.path`` to a tiny
+checkpoint and ``dataset_kwargs.csv_path`` to a CSV).
 """
 
 import importlib.util
