@@ -15,7 +15,8 @@ BASE_LOSSES = {
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """``constant``, ``step`` (multiply by ``lr_decay`` at ``lr_boundaries`` epochs),
-    or ``cosine``; optional linear warm-up over ``warmup_epochs``."""
+    or ``cosine``; optional linear warm-up over ``warmup_steps`` (if > 0) or
+    ``warmup_epochs``."""
     lr = config.learning_rate
     kind = config.get("lr_schedule", "constant")
     if kind == "constant":
@@ -32,7 +33,7 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> op
         schedule = optax.linear_schedule(lr, 0.0, total_steps)
     else:
         raise ValueError(f"Unknown lr_schedule {kind!r}: constant, step, cosine or linear.")
-    warmup = int(config.get("warmup_epochs", 0) * steps_per_epoch)
+    warmup = config.get("warmup_steps", 0) or int(config.get("warmup_epochs", 0) * steps_per_epoch)
     if warmup:
         schedule = optax.join_schedules(
             [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup]

@@ -136,6 +136,11 @@ class _Runner:
         model = get_model(config.model, num_classes=dataset.num_classes, **config.model_kwargs)
         tx = optim.make_optimizer(config, steps_per_epoch, total_steps)
         self.state = training.create_train_state(model, tx, _sample_input(dataset), seed=self.seeds)
+        pretrained = config.get("pretrained")
+        if pretrained and pretrained.get("path"):
+            # The optimizer state does not depend on the initial values (Adam's
+            # moments start at zero), so the weights can be swapped in after init.
+            self.state = load_pretrained(self.state, model, pretrained)
         self.state = training.replicate_on_mesh(self.state, mesh)
         train_step = training.make_train_step(
             alpha=optim.make_alpha(config.pmm, steps_per_epoch, total_steps),
@@ -260,6 +265,7 @@ def resolve_pretrained(config: ml_collections.ConfigDict) -> ml_collections.Conf
                 "--config.pretrained.path=DIR, a directory with config.json, "
                 "model.safetensors (or pytorch_model.bin) and tokenizer.json "
                 "(e.g. a local copy of bert-base-uncased)."
+                + (f" {pretrained.how_to_get}" if pretrained.get("how_to_get") else "")
             )
         if path and not config.model_kwargs.get("hf_config"):
             config.model_kwargs.hf_config = path

