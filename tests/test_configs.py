@@ -89,7 +89,7 @@ def test_glue_needs_a_checkpoint_path(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["glue_sst2", "glue_mrpc", "glue_mnli"])
-def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path):
+def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
     from tests.bert_helpers import fake_hf_state_dict, tiny_config, tiny_tokenizer, write_checkpoint
 
@@ -102,6 +102,7 @@ def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path)
         config.pretrained.path = str(ckpt)
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=16):
         summary = train_and_evaluate(config, str(tmp_path / "run"))
+    assert f"[pretrained] {ckpt}" in capsys.readouterr().out  # the weights were loaded
     (method,) = summary["methods"].values()
     splits = method["extra"]["splits"]
     if name == "glue_mnli":
