@@ -345,6 +345,7 @@ def bench_workload(
     row.update(
         reps=t["ce"]["reps"],
         spread_ms={name: [v["p25_ms"], v["p75_ms"]] for name, v in t.items()},
+        cpu_ms={name: v["cpu_median_ms"] for name, v in t.items()},
         compile_s=compile_s,
         compiled_temp_mb=temp_mb,
         peak_rss_mb=rss_mb if on_cpu else None,
@@ -368,6 +369,8 @@ def bench_workload(
             "ours_ce_ms": med["ce"],
             "peer_ce_ms": med["torch_ce"],
             "ce_ratio": med["ce"] / med["torch_ce"],
+            "ours_cpu_ms": t["pmm"]["cpu_median_ms"],
+            "peer_cpu_ms": t["torch_pmm"]["cpu_median_ms"],
             "peer_pmm_overhead": med["torch_pmm"] / med["torch_ce"],
             "peer_pmm_overhead_paired": paired_ratio(
                 t["torch_pmm"]["samples_ms"], t["torch_ce"]["samples_ms"]

@@ -37,14 +37,17 @@ def time_interleaved(
     the calls, for libraries whose idle threads spin for a while after a call
     (OpenMP) and would otherwise steal the cores from the next one.
 
-    Returns, per name, the median and the 25/75th percentiles in ms, the number
-    of repetitions and the samples themselves (``samples_ms``, in run order:
-    sample ``i`` of every callable comes from the same repetition).
+    Returns, per name, the median and the 25/75th percentiles in ms, the median
+    CPU time of the whole process per call (``cpu_median_ms``: all threads; less
+    sensitive than wall time to other jobs on the machine), the number of
+    repetitions and the samples themselves (``samples_ms``, in run order: sample
+    ``i`` of every callable comes from the same repetition).
     """
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns)
     start = time.perf_counter()
     i = 0
@@ -55,9 +58,10 @@ def time_interleaved(
         for name in order if i % 2 == 0 else order[::-1]:
             if pause:
                 time.sleep(pause)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             block(fns[name]())
             samples[name].append((time.perf_counter() - t0) * 1e3)
+            cpu[name].append((time.process_time() - c0) * 1e3)
         i += 1
     out = {}
     for name, xs in samples.items():
@@ -66,6 +70,7 @@ def time_interleaved(
             "median_ms": float(np.median(arr)),
             "p25_ms": float(np.percentile(arr, 25)),
             "p75_ms": float(np.percentile(arr, 75)),
+            "cpu_median_ms": float(np.median(cpu[name])),
             "reps": len(xs),
             "samples_ms": [round(x, 4) for x in xs],
         }
