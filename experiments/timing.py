@@ -24,6 +24,7 @@ def time_interleaved(
     max_time: float = float("inf"),
     min_reps: int = 3,
     pause: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Times zero-argument callables, alternating between them every repetition.
 
@@ -31,11 +32,11 @@ def time_interleaved(
     callables take turns, ``reps`` times and for at least ``min_time`` seconds,
     so that drifting machine load affects them alike; no repetition is started
     after ``max_time`` seconds once ``min_reps`` are done (a time budget for slow
-    steps on a loaded machine). The
-    order is reversed every other repetition (A B, B A, ...), so that neither
-    callable always runs first. ``pause`` seconds of sleep (not timed) separate
-    the calls, for libraries whose idle threads spin for a while after a call
-    (OpenMP) and would otherwise steal the cores from the next one.
+    steps on a loaded machine). Each repetition runs them in a fresh random
+    order (seeded), so that none has a fixed place in the round. ``pause``
+    seconds of sleep (not timed) separate the calls, for libraries whose idle
+    threads spin for a while after a call (OpenMP) and would otherwise steal the
+    cores from the next one.
 
     Returns, per name, the median and the 25/75th percentiles in ms, the median
     CPU time of the whole process per call (``cpu_median_ms``: all threads; less
@@ -48,14 +49,16 @@ def time_interleaved(
             block(fn())
     samples: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns)
+    names = list(fns)
+    shuffle = np.random.default_rng(seed).permutation
     start = time.perf_counter()
     i = 0
     while True:
         elapsed = time.perf_counter() - start
         if (i >= reps and elapsed >= min_time) or (i >= min_reps and elapsed >= max_time):
             break
-        for name in order if i % 2 == 0 else order[::-1]:
+        for j in shuffle(len(names)):
+            name = names[j]
             if pause:
                 time.sleep(pause)
             c0, t0 = time.process_time(), time.perf_counter()
