@@ -80,7 +80,7 @@ def _steps(names, args, result):
             w,
             reps=reps,
             min_time=2.0 if quick else 5.0,
-            max_time=min(w.budget_s, 20.0) if quick else None,
+            max_time=args.max_time or (min(w.budget_s, 20.0) if quick else None),
             metrics_variant=not quick,
             peer=not args.no_peer,
             threads=args.threads if platform_name == "cpu" else None,
@@ -136,6 +136,12 @@ def main(argv=None):
         help="run only these workloads (repeatable)",
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions per workload")
+    parser.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        help="seconds after which a workload starts no more repetitions (default: its budget)",
+    )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="CPU threads for JAX and PyTorch"
     )
