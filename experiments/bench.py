@@ -1,61 +1,200 @@
-"""Benchmarks -> JSON.
+"""Benchmarks -> JSON: PMM's cost in the train step, the PyTorch peer, the penalty vs k.
 
-  python -m experiments.bench --out bench.json [--quick] [--only penalty]
+  python -m experiments.bench --out bench.json [--quick] [--full] [--only NAME ...]
 
-Workloads are added as the models land; each is timed in this one process with
-interleaved repetitions after warm-up (see experiments/timing.py).
+Workloads (``--only``, repeatable): ``cnn1d``, ``resnet44`` (batch 64 and 128, with
+the PyTorch peer when torch is installed), ``wrn28_10`` (skipped on CPU unless
+``--full``), ``mobilenet_v1``, ``bert``, ``penalty`` (the penalty alone vs k);
+``vision`` (augmentation / dtype throughput, ``experiments.bench_vision``) runs
+only when named. Each train-step workload times the same jitted step with
+cross-entropy only and with cross-entropy + PMM, in this one process, in
+interleaved repetitions after warm-up (``experiments/bench_steps.py``).
+
+On CPU, JAX and PyTorch get the same number of threads (``--threads``, default
+all cores), set before either library starts; the JSON says what was set.
+JSON: ``{"device", "jax", "rows": [{"name", "batch", "ce_step_ms", "pmm_step_ms",
+"pmm_overhead", ...}], "peers": [{"name", "ours_ms", "peer_ms", "ratio"}], ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 
-import jax
+STEP_WORKLOADS = {  # --only name -> row names it covers (prefixes)
+    "cnn1d": ("cnn1d",),
+    "resnet44": ("resnet44",),
+    "wrn28_10": ("wrn28_10",),
+    "mobilenet_v1": ("mobilenet_v1",),
+    "bert": ("bert",),
+}
+OTHER_WORKLOADS = ("penalty", "vision")
+DEFAULT = (*STEP_WORKLOADS, "penalty")  # "vision" only when named
 
-from experiments.timing import device_name, peak_memory_mb
+
+def _set_threads(threads: int) -> dict:
+    """Sets JAX's CPU thread pool size; must run before JAX starts its backend."""
+    info = {"requested": threads}
+    if "jax" in sys.modules:  # e.g. under pytest: too late, say so
+        info["jax"] = "not set (JAX was already imported; its default: all cores)"
+        return info
+    eigen = "true" if threads > 1 else "false"
+    flags = f"--xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={threads}"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+    info["jax"] = f"XLA_FLAGS {flags}"
+    return info
 
 
-def _penalty(quick: bool):
+def _steps(names, args, result):
+    import jax
+
+    from experiments import bench_steps, bench_torch
+
+    platform_name = jax.default_backend()
+    if platform_name != "cpu":
+        result["peer_note"] = "PyTorch peer runs on CPU only (a CPU torch build); skipped here."
+    elif not bench_torch.available():
+        result["peer_note"] = (
+            "PyTorch not installed: peer skipped (pip install torch==2.13.0 for a CPU build)."
+        )
+        print(f"[bench] {result['peer_note']}", flush=True)
+    prefixes = tuple(p for n in names for p in STEP_WORKLOADS[n])
+    quick = args.quick
+    for w, reason in bench_steps.workloads(platform_name, full=args.full):
+        name = w if reason else w.name
+        if not name.startswith(prefixes):
+            continue
+        if quick and name == "resnet44_b64":
+            reason = "skipped with --quick (resnet44_b128 is timed)"
+        if reason:
+            print(f"[bench] {name}: {reason}", flush=True)
+            result["skipped"].append({"name": name, "reason": reason})
+            continue
+        t0 = time.perf_counter()
+        reps = args.reps or (min(w.reps, 50 if w.reps >= 50 else 5) if quick else None)
+        row, peer = bench_steps.bench_workload(
+            w,
+            reps=reps,
+            min_time=2.0 if quick else 5.0,
+            max_time=args.max_time or (min(w.budget_s, 20.0) if quick else None),
+            metrics_variant=not quick,
+            peer=not args.no_peer,
+            threads=args.threads if platform_name == "cpu" else None,
+        )
+        row["wall_s"] = time.perf_counter() - t0
+        result["rows"].append(row)
+        paired = row["pmm_overhead_paired"]
+        print(
+            f"  {name:32s} ce {row['ce_step_ms']:9.2f} ms | pmm {row['pmm_step_ms']:9.2f} ms"
+            f" | pmm/ce {row['pmm_overhead']:.4f} (paired {paired['median']:.4f},"
+            f" 95% [{paired['ci95'][0]:.4f}, {paired['ci95'][1]:.4f}]) | {row['wall_s']:.0f} s",
+            flush=True,
+        )
+        if peer:
+            result["peers"].append(peer)
+            print(
+                f"  {'  vs torch':32s} torch ce {peer['peer_ce_ms']:9.2f} ms | torch pmm"
+                f" {peer['peer_ms']:9.2f} ms | ours/torch (pmm) {peer['ratio']:.3f}"
+                f" | torch pmm/ce {peer['peer_pmm_overhead']:.4f} | CPU s/step ours"
+                f" {peer['ours_cpu_ms'] / 1e3:.2f} torch {peer['peer_cpu_ms'] / 1e3:.2f}",
+                flush=True,
+            )
+
+
+def _penalty(args, result):
     from experiments.bench_penalty import DEFAULT_KS, bench_penalty_vs_k
 
-    ks = (10, 1000, 100000) if quick else DEFAULT_KS
-    return {"penalty_vs_k": bench_penalty_vs_k(ks, reps=5 if quick else 20)}
+    ks = args.penalty_ks or ((10, 1000, 100000) if args.quick else DEFAULT_KS)
+    result["penalty_vs_k"] = bench_penalty_vs_k(ks, reps=args.reps or (5 if args.quick else 20))
 
 
-WORKLOADS = {"penalty": _penalty}
+def _vision(args, result):
+    import jax
+
+    from experiments.bench_vision import bench_vision
+
+    tiny = jax.default_backend() == "cpu"  # full-size models take minutes per step here
+    result["vision"] = bench_vision(tiny=tiny, reps=5 if args.quick else 20)
+    result["vision_note"] = "tiny models (CPU smoke run)" if tiny else "paper-size models"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
+    parser.add_argument("--quick", action="store_true", help="fewer workloads and repetitions")
     parser.add_argument(
-        "--only", action="append", choices=sorted(WORKLOADS), help="run only these workloads"
+        "--full", action="store_true", help="also the workloads skipped on CPU (WRN-28-10)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted((*STEP_WORKLOADS, *OTHER_WORKLOADS)),
+        help="run only these workloads (repeatable)",
+    )
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per workload")
+    parser.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        help="seconds after which a workload starts no more repetitions (default: its budget)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="CPU threads for JAX and PyTorch"
+    )
+    parser.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    parser.add_argument(
+        "--penalty-ks",
+        type=lambda text: tuple(int(k) for k in text.split(",")),
+        help="class counts for the penalty-vs-k table, e.g. 10,1000",
     )
     args = parser.parse_args(argv)
+    threads = _set_threads(args.threads)
+    if not args.no_peer and "torch" not in sys.modules:
+        # PyTorch's OpenMP threads otherwise spin-wait between parallel regions;
+        # on a machine shared with other jobs that makes its steps several times
+        # slower (measured here: ResNet-44 b128 2.9 s vs 0.8 s at load ~5). Passive
+        # waiting is the peer's better setting here, so it is what we compare to.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    start = time.perf_counter()
+
+    import jax
+
+    from experiments.timing import device_name, load_average, peak_memory_mb
+
+    threads["torch"] = args.threads
+    threads["torch_env"] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     result = {
         "device": device_name(),
         "jax": jax.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
         "quick": args.quick,
+        "full": args.full,
+        "cpu_threads": threads if jax.default_backend() == "cpu" else None,
+        "load_avg_start": load_average(),
         "rows": [],
         "peers": [],
+        "skipped": [],
     }
-    for name in args.only or sorted(WORKLOADS):
-        print(f"[bench] {name}", flush=True)
-        for key, value in WORKLOADS[name](args.quick).items():
-            if isinstance(result.get(key), list):
-                result[key].extend(value)
-            else:
-                result[key] = value
+    names = args.only or list(DEFAULT)
+    steps = [n for n in names if n in STEP_WORKLOADS]
+    if steps:
+        print(f"[bench] train steps: {', '.join(steps)}", flush=True)
+        _steps(steps, args, result)
+    for name, fn in (("penalty", _penalty), ("vision", _vision)):
+        if name in names:
+            print(f"[bench] {name}", flush=True)
+            fn(args, result)
+    result["load_avg_end"] = load_average()
     result["peak_memory_mb"] = peak_memory_mb()
+    result["wall_s"] = time.perf_counter() - start
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"[bench] wrote {args.out}")
+        json.dump(result, f, indent=1)
+    print(f"[bench] wrote {args.out} ({result['wall_s']:.0f} s)")
 
 
 if __name__ == "__main__":

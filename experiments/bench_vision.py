@@ -1,11 +1,11 @@
 """Train-step throughput of the Table I image models, with the on-device augmentation.
 
-One jitted step = preprocess (augmentation + normalization, on the device) ->
-model apply in train mode -> cross-entropy + alpha * PMM (``pmm_jax.pmm_loss``)
--> SGD-momentum update; timed at the paper's batch sizes, float32 and bfloat16
-compute, and with the augmentation swapped out to show its cost. Used by
-``python -m experiments.bench --only vision``; ``--tiny`` models make a CPU smoke
-run.
+One jitted step = the library's ``pmm_jax.training.make_train_step``: preprocess
+(augmentation + normalization, on the device) -> model apply in train mode ->
+cross-entropy + alpha * PMM -> SGD-momentum update; timed at the paper's batch
+sizes, float32 and bfloat16 compute, and with the augmentation swapped out to
+show its cost. Used by ``python -m experiments.bench --only vision``; ``--tiny``
+models make a CPU smoke run.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import pmm_jax
 from experiments.data import augment
 from experiments.models.mobilenet import MobileNetV1
 from experiments.models.resnet_cifar import CifarResNet
 from experiments.models.vgg import VGG16BN
 from experiments.models.wrn import WideResNet
 from experiments.timing import time_interleaved
+from pmm_jax import training
 
 CIFAR_AUG = {
     "none": None,
@@ -70,33 +70,20 @@ WORKLOADS = (
 )
 
 
-def make_train_step(model, tx, preprocess, alpha=1e-5):
-    """A jitted SGD step with the PMM loss (the shape of the real one)."""
+def make_step(preprocess, alpha=1e-5):
+    """The library's train step (``pmm_jax.training.make_train_step``), jitted, donating."""
+    step = training.make_train_step(alpha=alpha, preprocess=preprocess, margin_metrics=False)
+    return jax.jit(step, donate_argnums=0)
 
-    def loss_fn(params, batch_stats, batch, rng):
-        (logits, aux), new = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            batch["x"],
-            train=True,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"],
-        )
-        loss, _ = pmm_jax.pmm_loss(
-            logits, batch["y"], aux["pre_logits"], params["head"]["kernel"], alpha=alpha
-        )
-        return loss, new["batch_stats"]
 
-    @jax.jit
-    def step(params, batch_stats, opt_state, batch, rng):
-        pre_rng, drop_rng = jax.random.split(rng)
-        batch = preprocess(pre_rng, batch, True)
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, batch, drop_rng
-        )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+def _runner(step, state, batch):
+    holder = {"state": state}
 
-    return step
+    def run():
+        holder["state"], metrics = step(holder["state"], batch)
+        return holder["state"], metrics
+
+    return run
 
 
 def _preprocess(name, size):
@@ -124,20 +111,14 @@ def bench_vision(*, tiny=False, reps=20, only=None, batch_scale=1.0, seed=0):
         fns = {}
         for dtype in dtypes:
             model = factory(jnp.dtype(dtype), tiny)
-            variables = jax.jit(functools.partial(model.init, train=False))(
-                jax.random.key(0), data["x"].astype(jnp.float32)
-            )
             tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-            opt_state = tx.init(variables["params"])
+            sample = jnp.zeros(data["x"].shape, jnp.float32)
+            state0 = training.create_train_state(model, tx, sample, seed=0)
             for aug in augs:
-                step = make_train_step(model, tx, _preprocess(aug, size))
-                fns[f"{dtype}/{aug}"] = functools.partial(
-                    step,
-                    variables["params"],
-                    variables["batch_stats"],
-                    opt_state,
+                fns[f"{dtype}/{aug}"] = _runner(
+                    make_step(_preprocess(aug, size)),
+                    jax.tree.map(jnp.copy, state0),
                     data,
-                    jax.random.key(1),
                 )
         for key, t in time_interleaved(fns, reps=reps).items():
             dtype, aug = key.split("/")

@@ -5,7 +5,13 @@ k*k = 1e6 (pairwise matrix), B*k*d = 128k ([B, k, d] tensor). Everything in the
 forward pass must be at most B*k (the logits) and there must be no matmul at all
 (a one-hot-times-kernel product is a dot_general). The backward pass may also
 hold the dense [d, k] kernel gradient (the output itself), but nothing larger.
+
+With few classes (k <= 32) the kernel gradient is instead one reduction over the
+batch of a [d, B, k] product by signs in {-1, 0, 1}; it is in the jaxpr, so the
+check there is on the compiled program: XLA fuses it and never stores it.
 """
+
+import re
 
 import jax
 import jax.extend
@@ -82,3 +88,38 @@ def test_the_check_catches_the_naive_formulations():
     for naive in (reference.penalty_all_pairs, reference.penalty_one_hot):
         with pytest.raises(AssertionError):
             _assert_cheap(_profile(naive, logits, labels, feats, kernel), B * K)
+
+
+def _entry_buffers(fn, *args):
+    """Element counts of the arrays the compiled program stores (its top-level values)."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    entry = text[text.index("ENTRY") :]
+    return [
+        int(np.prod([int(n) for n in dims.split(",")]))
+        for dims in re.findall(r"= [a-z]+\d*\[([\d,]+)\]", entry)
+    ]
+
+
+def test_small_k_kernel_gradient_is_fused():
+    """k <= 32: the [d, B, k] product of the dense assembly is never stored."""
+    batch, dim, k = 256, 64, 32
+    rng = np.random.default_rng(1)
+    feats = jnp.asarray(rng.normal(size=(batch, dim)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(dim, k)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, k, batch), jnp.int32)
+    logits = feats @ kernel
+
+    def f(feats, kernel):
+        return jnp.sum(pmm_jax.pmm_penalty(logits, labels, feats, kernel))
+
+    grad = jax.grad(f, (0, 1))
+    records = _profile(grad, feats, kernel)
+    assert any(r[2] == batch * dim * k for r in records)  # the product is in the jaxpr
+    assert not [r for r in records if r[0] == "dot_general"], "a matmul appeared"
+    stored = _entry_buffers(grad, feats, kernel)
+    assert max(stored) < batch * dim * k, sorted(stored)[-5:]
+    # The check sees a stored [d, B, k] array when there is one.
+    stored_naive = _entry_buffers(
+        lambda f, w: (f.T[:, :, None] * w[0][None, None, :]) + 1.0, feats, kernel
+    )
+    assert max(stored_naive) >= batch * dim * k

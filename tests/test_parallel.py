@@ -16,8 +16,12 @@ from tests.test_penalty import make_batch
 B = 8 * NUM_DEVICES
 
 
-def global_batch(seed=0):
-    logits, labels, feats, kernel = make_batch(seed, B, 6, 10)
+# k=10 takes the kernel gradient's dense path, k=40 its sort-and-scan path.
+KS = [10, 40]
+
+
+def global_batch(seed=0, k=10):
+    logits, labels, feats, kernel = make_batch(seed, B, 6, k)
     # The max-norm example sits on one device only (device 5's shard).
     feats = feats.at[5 * 8 + 3].multiply(10.0)
     logits = feats @ kernel
@@ -59,9 +63,10 @@ def test_pmap_radius_and_penalty_equal_global():
     assert np.sum(np.isclose(np.asarray(r_local), float(want_r))) == 1
 
 
+@pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("per_device_radius", [False, True])
-def test_pmap_gradients_equal_global(per_device_radius):
-    logits, labels, feats, kernel = global_batch(1)
+def test_pmap_gradients_equal_global(per_device_radius, k):
+    logits, labels, feats, kernel = global_batch(1, k)
     axis = None if per_device_radius else "batch"
     want_gk, want_gf = jax.grad(_objective, (3, 2))(logits, labels, feats, kernel, None)
 
@@ -88,8 +93,9 @@ def test_pmap_gradients_equal_global(per_device_radius):
 
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
 @pytest.mark.parametrize("check_vma", [True, False])
-def test_shard_map_gradients_equal_global(axis_type, check_vma):
-    logits, labels, feats, kernel = global_batch(2)
+@pytest.mark.parametrize("k", KS)
+def test_shard_map_gradients_equal_global(axis_type, check_vma, k):
+    logits, labels, feats, kernel = global_batch(2, k)
     mesh = jax.make_mesh((NUM_DEVICES,), ("data",), axis_types=(axis_type,))
     put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
     kernel_r = jax.device_put(kernel, NamedSharding(mesh, P()))
@@ -125,8 +131,9 @@ def test_shard_map_gradients_equal_global(axis_type, check_vma):
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
-def test_jit_over_sharded_global_arrays_needs_no_axis_name(axis_type):
-    logits, labels, feats, kernel = global_batch(3)
+@pytest.mark.parametrize("k", KS)
+def test_jit_over_sharded_global_arrays_needs_no_axis_name(axis_type, k):
+    logits, labels, feats, kernel = global_batch(3, k)
     mesh = jax.make_mesh((NUM_DEVICES,), ("data",), axis_types=(axis_type,))
     put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
     kernel_r = jax.device_put(kernel, NamedSharding(mesh, P()))

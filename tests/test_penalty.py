@@ -219,9 +219,15 @@ def test_check_grads(stop):
         check_grads(f, args, order=1, modes=["rev"], atol=1e-3, rtol=1e-3)
 
 
+# The kernel gradient has two assemblies: a fused reduction for k <= 32 and a
+# sort + segmented scan beyond; the gradient tests run both.
+KS = [9, 40]
+
+
+@pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("stop", [False, True])
-def test_gradients_match_plain_jax_reference(stop):
-    logits, labels, feats, kernel = make_batch(13, 24, 6, 9)
+def test_gradients_match_plain_jax_reference(stop, k):
+    logits, labels, feats, kernel = make_batch(13, 24, 6, k)
 
     def ref(feats, kernel):
         r = reference.penalty_one_hot(logits, labels, feats, kernel)
@@ -244,8 +250,9 @@ def test_gradients_match_plain_jax_reference(stop):
         assert np.count_nonzero(np.abs(np.asarray(gf)).sum(-1)) == 1  # only the max-norm row
 
 
-def test_analytic_kernel_gradient():
-    logits, labels, feats, kernel = make_batch(14, 10, 4, 6)
+@pytest.mark.parametrize("k", KS)
+def test_analytic_kernel_gradient(k):
+    logits, labels, feats, kernel = make_batch(14, 10, 4, k)
     m = np.asarray(pmm_jax.competitor_classes(logits, labels))
     r_sq = float(np.max(np.sum(np.asarray(feats) ** 2, -1)))
     k_np = np.asarray(kernel, np.float64)
@@ -264,18 +271,23 @@ def test_no_gradient_through_competitor_choice():
     np.testing.assert_array_equal(g, 0.0)
 
 
-def test_kernel_gradient_has_no_scatter_add():
-    logits, labels, feats, kernel = make_batch(16, 8, 4, 5)
+@pytest.mark.parametrize("k", [5, 40])
+def test_kernel_gradient_has_no_scatter_add(k):
+    logits, labels, feats, kernel = make_batch(16, 8, 4, k)
     jaxpr = jax.make_jaxpr(
         jax.grad(lambda k: jnp.sum(pmm_jax.pmm_penalty(logits, labels, feats, k)))
     )(kernel)
     prims = _primitives(jaxpr.jaxpr)
     assert "scatter-add" not in prims and "scatter_add" not in prims, prims
-    assert "scatter" in prims  # the unique-index write
+    if k <= 32:  # one reduction over the batch, no scatter at all
+        assert "scatter" not in prims and "reduce_sum" in prims, prims
+    else:
+        assert "sort" in prims and "scatter" in prims  # the unique-index write
 
 
-def test_gradients_are_bitwise_reproducible():
-    logits, labels, feats, kernel = make_batch(17, 256, 32, 10)
+@pytest.mark.parametrize("k", [10, 100])
+def test_gradients_are_bitwise_reproducible(k):
+    logits, labels, feats, kernel = make_batch(17, 256, 32, k)
     f = jax.jit(jax.grad(lambda k, f: jnp.sum(pmm_jax.pmm_penalty(logits, labels, f, k)), (0, 1)))
     a = f(kernel, feats)
     b = f(kernel, feats)

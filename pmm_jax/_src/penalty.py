@@ -14,8 +14,9 @@ and scores ``s = phi @ W + b: [B, k]``.
 Cost. Only two kernel columns matter per example, so everything here is a
 gather of ``2B`` columns and ``O(B d)`` arithmetic beyond one pass over the
 logits (for the competitor's ``argmax``). There is no ``k x k`` pairwise matrix,
-no ``[B, k, d]`` tensor and no one-hot-times-kernel product; ``tests/test_cost.py``
-checks the jaxpr.
+no stored ``[B, k, d]`` tensor and no one-hot-times-kernel product;
+``tests/test_cost.py`` checks the jaxpr (and, for the small-``k`` kernel gradient
+below, the compiled program).
 
 Gradients. ``m_i`` is an integer ``argmax``: no gradient flows through the
 choice. With ``s_i = ||w_{y_i} - w_{m_i}||^2`` and ``rho = r^2``:
@@ -26,10 +27,16 @@ choice. With ``s_i = ||w_{y_i} - w_{m_i}||^2`` and ``rho = r^2``:
   it equally, as ``jnp.max`` does), else 0; cut with ``stop_radius_gradient``.
 
 The kernel gradient is assembled *without* a floating-point scatter-add (which is
-non-deterministic on GPUs): the ``2B`` column updates are sorted by class
-(integer sort), summed per class by a segmented associative scan (a fixed
-reduction tree), and written with a scatter whose indices are unique. The result
-is bitwise reproducible from run to run on every backend.
+non-deterministic on GPUs). With many classes (``k > 32``) the ``2B`` column
+updates are sorted by class (integer sort), summed per class by a segmented
+associative scan (a fixed reduction tree), and written with a scatter whose
+indices are unique. With few classes (``k <= 32``: CIFAR-10, MNIST-1D, GLUE) it
+is one reduction over the batch, ``G[:, j] = sum_i c_i ([y_i = j] - [m_i = j])``:
+``O(B k d)`` multiply-adds by 0 or +-1 (at most 32 times the gather's work),
+which XLA fuses without storing the ``[d, B, k]`` product; one kernel instead of
+a sort, a scan and a scatter (the penalty's forward + backward at B=128, d=64,
+k=10 went from 107 us to 46 us on a 2-core CPU). Both assemblies are bitwise
+reproducible from run to run on every backend.
 
 Numerics. Everything is computed in float32 whatever the input dtype (bf16/f16
 inputs are upcast after the gather, so the full kernel is never copied; float64
@@ -195,17 +202,46 @@ def _segmented_add(a, b):
     return flag_a | flag_b, jnp.where(flag_b[:, None], val_b, val_a + val_b)
 
 
+# Up to this many classes the kernel gradient is one fused reduction over the
+# batch (O(B k d) work, at most 32x the gather's); beyond, sort + segmented scan.
+_DENSE_GRAD_MAX_K = 32
+
+
 def _pair_sq_dist_bwd(res, g):
     diff, labels, competitors, like = res
-    d, k = diff.shape[0], like.shape[1]
-    batch = labels.shape[0]
+    k = like.shape[1]
     if _batch_axes(labels) is not None:
         # Explicitly sharded batch (jit over a mesh): gather the O(B d) update
-        # rows so that the sort and the write below act on the whole batch.
+        # rows so that the assembly below acts on the whole batch.
         diff, labels, competitors, g = (
             jax.sharding.reshard(x, _replicated(x)) for x in (diff, labels, competitors, g)
         )
     contrib = (2.0 * g)[None, :] * diff  # [d, B]: dR/dw_y; dR/dw_m is its negative.
+    if k <= _DENSE_GRAD_MAX_K:
+        grad = _kernel_grad_dense(contrib, labels, competitors, k)
+    else:
+        grad = _kernel_grad_sorted(contrib, labels, competitors, k)
+    return grad.astype(like.dtype), None, None
+
+
+def _kernel_grad_dense(contrib, labels, competitors, k):
+    """``G[:, j] = sum_i contrib[:, i] * ([y_i = j] - [m_i = j])`` as one reduction.
+
+    The signs are exactly -1, 0 or +1 (``y_i != m_i``), so every product is exact
+    and the only rounding is XLA's reduction over the batch: a fixed order, no
+    atomics, the same bits on every run. XLA fuses the broadcast into the
+    reduction, so the ``[d, B, k]`` product is never stored.
+    """
+    classes = jnp.arange(k, dtype=jnp.int32)
+    sign = (labels[:, None] == classes).astype(contrib.dtype) - (
+        competitors[:, None] == classes
+    ).astype(contrib.dtype)  # [B, k]
+    return jnp.sum(contrib[:, :, None] * sign[None, :, :], axis=1)
+
+
+def _kernel_grad_sorted(contrib, labels, competitors, k):
+    """The same gradient by an integer sort, a segmented scan and a unique-index write."""
+    d, batch = contrib.shape
     cls = jnp.concatenate([labels, competitors]).astype(jnp.int32)  # [2B]
     vals = jnp.concatenate([contrib, -contrib], axis=1).T  # [2B, d]
     order = jnp.argsort(cls, stable=True)
@@ -216,8 +252,7 @@ def _pair_sq_dist_bwd(res, g):
     # One write per class; the other rows go to distinct out-of-range slots and
     # are dropped, so every index is unique and no two updates are ever added.
     target = jnp.where(ends, cls, k + jnp.arange(2 * batch, dtype=jnp.int32))
-    grad = jnp.zeros((d, k), sums.dtype).at[:, target].set(sums.T, mode="drop", unique_indices=True)
-    return grad.astype(like.dtype), None, None
+    return jnp.zeros((d, k), sums.dtype).at[:, target].set(sums.T, mode="drop", unique_indices=True)
 
 
 _pair_sq_dist.defvjp(_pair_sq_dist_fwd, _pair_sq_dist_bwd)

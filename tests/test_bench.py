@@ -1,0 +1,75 @@
+"""The benchmark CLI writes the documented JSON; the PyTorch peer computes the same penalty."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import bench, timing
+
+
+def test_quick_run_writes_documented_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    args = "--quick --only cnn1d --only penalty --reps 3 --penalty-ks 10,100 --out"
+    bench.main([*args.split(), str(out)])
+    result = json.loads(out.read_text())
+    assert isinstance(result["device"], str) and isinstance(result["jax"], str)
+    assert isinstance(result["peers"], list)
+    [row] = result["rows"]
+    assert "cnn1d" in row["name"] and row["batch"] == 100
+    for key in ("ce_step_ms", "pmm_step_ms", "pmm_overhead"):
+        assert isinstance(row[key], float) and row[key] > 0, key
+    assert row["pmm_overhead"] == pytest.approx(row["pmm_step_ms"] / row["ce_step_ms"])
+    assert row["nonfinite_steps"] == {"ce": 0.0, "pmm": 0.0}
+    assert [r["k"] for r in result["penalty_vs_k"]] == [10, 100]
+    assert all(r["penalty_ms"] > 0 for r in result["penalty_vs_k"])
+
+
+def test_paired_ratio_interval_brackets_the_median():
+    rng = np.random.default_rng(0)
+    den = rng.uniform(1.0, 2.0, 40)
+    out = timing.paired_ratio(1.1 * den, den)
+    assert out["median"] == pytest.approx(1.1)
+    lo, hi = out["ci95"]
+    assert lo <= out["median"] <= hi and out["pairs"] == 40
+
+
+def test_official_torch_penalty_equals_ours():
+    """The peer's penalty (topk(2), index_select, max norm) is ours, value and gradient."""
+    torch = pytest.importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+
+    import pmm_jax
+    from experiments import bench_torch
+
+    rng = np.random.default_rng(0)
+    batch, dim, k = 16, 8, 10
+    feats = rng.normal(size=(batch, dim)).astype(np.float32)
+    weight = rng.normal(size=(k, dim)).astype(np.float32)  # torch Linear layout [k, d]
+    labels = rng.integers(0, k, batch)
+    logits = feats @ weight.T
+
+    w_t = torch.tensor(weight, requires_grad=True)
+    pen_t = bench_torch.official_pmm_penalty(
+        torch.tensor(logits), torch.tensor(labels), torch.tensor(feats), w_t
+    )
+    pen_t.sum().backward()
+
+    def ours(kernel):
+        pen = pmm_jax.pmm_penalty(jnp.asarray(logits), jnp.asarray(labels), feats, kernel)
+        return jnp.sum(pen), pen
+
+    grad, pen = jax.grad(ours, has_aux=True)(jnp.asarray(weight.T))
+    np.testing.assert_allclose(pen, pen_t.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(grad.T, w_t.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_resnet_steps_run():
+    pytest.importorskip("torch")
+    from experiments import bench_torch
+
+    steps, info = bench_torch.make_resnet_steps(4, depth=8, width=4)
+    assert set(steps) == {"ce", "pmm"} and info["layout"].startswith("NCHW")
+    for step in steps.values():
+        assert np.isfinite(float(step()))
