@@ -55,8 +55,8 @@ def _steps(names, args, result):
     from experiments import bench_steps, bench_torch
 
     platform_name = jax.default_backend()
-    if platform_name != "cpu":
-        result["peer_note"] = "PyTorch peer runs on CPU only (a CPU torch build); skipped here."
+    if platform_name != "cpu" and not bench_torch.cuda_available():
+        result["peer_note"] = "JAX is on a GPU but PyTorch sees none: peer skipped."
     elif not bench_torch.available():
         result["peer_note"] = (
             "PyTorch not installed: peer skipped (pip install torch==2.13.0 for a CPU build)."

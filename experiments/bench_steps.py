@@ -301,10 +301,18 @@ def bench_workload(
         rss_mb[name] = peak_rss_mb()
     del state0
     peer_info = None
-    use_peer = w.peer and peer and on_cpu and bench_torch.available()
+    peer_device = "cpu" if on_cpu else "cuda"
+    use_peer = (
+        w.peer and peer and bench_torch.available() and (on_cpu or bench_torch.cuda_available())
+    )
     if use_peer:
         torch_steps, peer_info = bench_torch.make_resnet_steps(
-            w.batch, num_classes=w.num_classes, alpha=ALPHA, threads=threads, seed=seed
+            w.batch,
+            num_classes=w.num_classes,
+            alpha=ALPHA,
+            threads=threads if on_cpu else None,
+            seed=seed,
+            device=peer_device,
         )
         for name, fn in torch_steps.items():
             reset_peak_rss()

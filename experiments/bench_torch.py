@@ -29,6 +29,15 @@ def available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA GPU."""
+    if not available():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _build_resnet(depth: int, num_classes: int, width: int):
     import torch
     from torch import nn
@@ -103,12 +112,15 @@ def make_resnet_steps(
     alpha: float = 1e-4,
     threads: int | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ):
     """Two zero-argument train steps (``"ce"``, ``"pmm"``) on one synthetic batch.
 
     Each step has its own model and optimizer (same initialization), so that
     both run the same number of updates from the same start, like ours.
-    Returns ``(steps, info)``; ``info`` records the torch version and threads.
+    ``device="cuda"`` runs on the GPU (each step then waits for the GPU, as ours
+    is blocked on). Returns ``(steps, info)``; ``info`` records the torch version,
+    device and threads.
     """
     import torch
     from torch.nn import functional as F
@@ -116,12 +128,13 @@ def make_resnet_steps(
     if threads is not None:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, num_classes, batch).astype(np.int64))
+    x = torch.from_numpy(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)).to(device)
+    y = torch.from_numpy(rng.integers(0, num_classes, batch).astype(np.int64)).to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def make(use_pmm):
         torch.manual_seed(seed)
-        model = _build_resnet(depth, num_classes, width).train()
+        model = _build_resnet(depth, num_classes, width).to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
         def step():
@@ -133,6 +146,7 @@ def make_resnet_steps(
                 loss = loss + alpha * penalty.sum()
             loss.backward()
             opt.step()
+            sync()
             return loss.detach()
 
         return step, model
@@ -141,6 +155,7 @@ def make_resnet_steps(
     pmm, _ = make(True)
     info = {
         "torch": torch.__version__,
+        "torch_device": str(torch.device(device)),
         "torch_threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
         "layout": "NCHW (PyTorch default), eager",

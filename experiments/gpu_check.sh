@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# One GPU check, < 5 minutes on a single-GPU machine with no network.
+# The GPU check: one script, < 9 minutes on a single-GPU machine with no network.
 #
-#   bash experiments/gpu_check.sh            # writes JSON and logs to $OUT (default /tmp/gpu_check)
+#   OUT=/some/dir bash experiments/gpu_check.sh        # JSON and logs to $OUT (default /tmp/gpu_check)
 #
-# Expects jax, flax, optax, chex, orbax-checkpoint (and torch for the peer row)
-# installed. Packages the image lacks travel as wheels in .whl/ (ml_collections,
-# tensorboardX) and MNIST-1D as .data/mnist1d.npz, made on the CPU side with
-#   python -m experiments.data.mnist1d --export .data/mnist1d.npz
+# Expects jax (CUDA), flax, optax, chex, orbax-checkpoint and torch installed. What the
+# image lacks travels with the checkout: wheels in .whl/ (ml_collections, tensorboardX),
+# made with `pip download --no-deps ... -d .whl`, and MNIST-1D as .data/mnist1d.npz, made
+# on the CPU side with `python -m experiments.data.mnist1d --export .data/mnist1d.npz`.
+# Stages run in order of importance, each with its own time limit and output file, so a
+# cut-short run still returns what it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_check}"
@@ -17,28 +19,32 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 status=0
-step() { echo; echo "=== $1 ($(date +%T))"; }
+stage() { echo; echo "=== $1 ($(date +%T))"; }
 
-step "device"
-nvidia-smi -L | tee "$OUT/nvidia_smi.txt"
-python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" | tee "$OUT/versions.txt"
+stage "device"
+nvidia-smi -L
+python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
 
-step "core and train-step tests on the GPU"
-JAX_PLATFORMS=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
-  tests/test_penalty.py tests/test_losses.py tests/test_cost.py tests/test_checks.py \
-  tests/test_schedules.py tests/test_params.py tests/test_training.py tests/test_checkpoint.py \
-  2>&1 | tee "$OUT/pytest_gpu.log" | tail -n 25 || status=1
+stage "kernel-gradient determinism (ours vs a plain gather's scatter-add)"
+timeout 60 python3 -m experiments.determinism --out "$OUT/determinism.json" | tail -n 20 || status=1
 
-step "kernel-gradient determinism"
-timeout 60 python3 -m experiments.determinism --out "$OUT/determinism.json" || status=1
+stage "benchmarks: penalty vs k, MNIST-1D CNN, ResNet-44 (b64, b128) + PyTorch peer"
+timeout 170 python3 -m experiments.bench --only penalty --only cnn1d --only resnet44 \
+  --max-time 25 --out "$OUT/bench_core.json" 2>&1 | tail -n 30 || status=1
 
-step "benchmarks (--quick)"
-timeout 150 python3 -m experiments.bench --quick --out "$OUT/bench_quick.json" 2>&1 | tee "$OUT/bench.log" || status=1
-
-step "MNIST-1D main job on the GPU"
-MNIST1D_NPZ=.data/mnist1d.npz timeout 200 python3 -m experiments.train --workdir /tmp/mnist1d_gpu \
-  2>&1 | tr '\r' '\n' | grep -v "step/s" | tee "$OUT/mnist1d.log" || status=1
+stage "MNIST-1D main job (5 methods x 5 seeds)"
+MNIST1D_NPZ=.data/mnist1d.npz timeout 150 python3 -m experiments.train --workdir /tmp/mnist1d_gpu \
+  2>&1 | tr '\r' '\n' | grep -v "step/s" | tail -n 16 || status=1
 cp /tmp/mnist1d_gpu/summary.json "$OUT/mnist1d_summary.json" 2>/dev/null || status=1
 
-step "done (status $status)"
+stage "core and train-step tests on the GPU"
+JAX_PLATFORMS=cuda timeout 120 python3 -m pytest -q -x -p no:cacheprovider -o addopts="" \
+  tests/test_penalty.py tests/test_losses.py tests/test_training.py tests/test_checkpoint.py \
+  > "$OUT/pytest_gpu.log" 2>&1; tail -n 5 "$OUT/pytest_gpu.log" || status=1
+
+stage "benchmarks: MobileNet v1 224, BERT-base seq 128, WRN-28-10"
+timeout 120 python3 -m experiments.bench --only mobilenet_v1 --only bert --only wrn28_10 \
+  --max-time 15 --out "$OUT/bench_models.json" 2>&1 | tail -n 20 || status=1
+
+stage "done (status $status)"
 exit $status
