@@ -9,6 +9,7 @@ next to the body, and the loss and the PMM penalty then see float32 inputs).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -87,3 +88,25 @@ def count_params(model: nn.Module, input_shape: tuple[int, ...], dtype: Any = jn
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     leaves = jax.tree_util.tree_leaves(variables.get("params", {}))
     return int(sum(math.prod(leaf.shape) for leaf in leaves))
+
+
+def conv_partial(module: nn.Module, **defaults) -> Any:
+    """``nn.Conv`` as every CNN here uses it: no bias, He fan-out init, the module's dtype.
+
+    ``defaults`` (e.g. ``kernel_size``, ``padding``) become defaults of the partial.
+    """
+    return functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_kernel_init, dtype=module.dtype, **defaults
+    )
+
+
+def batch_norm_partial(module: nn.Module, train: bool) -> Any:
+    """``nn.BatchNorm`` with PyTorch's epsilon, the module's momentum, dtype and axis name."""
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=module.bn_momentum,
+        epsilon=BN_EPSILON,
+        axis_name=module.bn_axis_name,
+        dtype=module.dtype,
+    )

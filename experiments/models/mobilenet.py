@@ -7,7 +7,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,13 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from experiments.models.common import (
-    BN_EPSILON,
     BN_MOMENTUM,
+    batch_norm_partial,
     check_images,
     check_positive_int,
     check_rate,
     classifier_head,
-    conv_kernel_init,
+    conv_partial,
 )
 
 # Table 1: (output channels, stride) of the 13 depthwise-separable layers.
@@ -84,17 +83,8 @@ class MobileNetV1(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         check_images(x, "MobileNetV1")
-        conv = functools.partial(
-            nn.Conv, use_bias=False, kernel_init=conv_kernel_init, dtype=self.dtype
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        conv = conv_partial(self)
+        norm = batch_norm_partial(self, train)
         x = jnp.asarray(x, self.dtype)
         x = conv(self._width(32), (3, 3), strides=2, padding=((1, 1), (1, 1)), name="stem_conv")(x)
         x = nn.relu(norm(name="stem_bn")(x))

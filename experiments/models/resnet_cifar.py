@@ -7,7 +7,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,12 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from experiments.models.common import (
-    BN_EPSILON,
     BN_MOMENTUM,
+    batch_norm_partial,
     check_images,
     check_positive_int,
     classifier_head,
-    conv_kernel_init,
+    conv_partial,
 )
 
 
@@ -104,22 +103,8 @@ class CifarResNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         check_images(x, "CifarResNet")
         blocks_per_stage = (self.depth - 2) // 6
-        conv = functools.partial(
-            nn.Conv,
-            kernel_size=(3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=conv_kernel_init,
-            dtype=self.dtype,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        conv = conv_partial(self, kernel_size=(3, 3), padding=((1, 1), (1, 1)))
+        norm = batch_norm_partial(self, train)
         x = jnp.asarray(x, self.dtype)
         x = conv(self.width, name="stem_conv")(x)
         x = nn.relu(norm(name="stem_bn")(x))

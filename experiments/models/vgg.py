@@ -8,7 +8,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,13 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from experiments.models.common import (
-    BN_EPSILON,
     BN_MOMENTUM,
+    batch_norm_partial,
     check_images,
     check_positive_int,
     check_rate,
     classifier_head,
-    conv_kernel_init,
+    conv_partial,
 )
 
 # Configuration D: output channels of the 13 3x3 convolutions, "M" = 2x2 max-pool.
@@ -88,22 +87,8 @@ class VGG16BN(nn.Module):
             raise ValueError(
                 f"VGG16BN pools 5 times and needs images of at least 32x32, got {x.shape[1:3]}."
             )
-        conv = functools.partial(
-            nn.Conv,
-            kernel_size=(3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=conv_kernel_init,
-            dtype=self.dtype,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        conv = conv_partial(self, kernel_size=(3, 3), padding=((1, 1), (1, 1)))
+        norm = batch_norm_partial(self, train)
         x = jnp.asarray(x, self.dtype)
         i = 0
         for layer in VGG16_LAYERS:

@@ -6,7 +6,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -14,13 +13,13 @@ import jax
 import jax.numpy as jnp
 
 from experiments.models.common import (
-    BN_EPSILON,
     BN_MOMENTUM,
+    batch_norm_partial,
     check_images,
     check_positive_int,
     check_rate,
     classifier_head,
-    conv_kernel_init,
+    conv_partial,
 )
 
 
@@ -104,21 +103,8 @@ class WideResNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         check_images(x, "WideResNet")
         blocks_per_group = (self.depth - 4) // 6
-        conv = functools.partial(
-            nn.Conv,
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=conv_kernel_init,
-            dtype=self.dtype,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-        )
+        conv = conv_partial(self, padding=((1, 1), (1, 1)))
+        norm = batch_norm_partial(self, train)
         x = jnp.asarray(x, self.dtype)
         x = conv(16, (3, 3), name="stem_conv")(x)
         for group in range(3):

@@ -173,18 +173,10 @@ def validate_batch(logits, labels, *, features=None, kernel=None, where=None) ->
         row=jnp.argmax(bad),
         value=labels[jnp.argmax(bad)],
     )
-    finite_rows = jnp.all(jnp.isfinite(jnp.asarray(logits)), axis=-1)
-    checkify.check(
-        jnp.all(finite_rows | ~mask),
-        "`logits` has NaN/Inf in row {row}",
-        row=jnp.argmin(finite_rows | ~mask),
-    )
-    if features is not None:
-        finite_rows = jnp.all(jnp.isfinite(jnp.asarray(features)), axis=-1)
-        checkify.check(
-            jnp.all(finite_rows | ~mask),
-            "`features` has NaN/Inf in row {row}",
-            row=jnp.argmin(finite_rows | ~mask),
-        )
+    for name, rows in (("logits", logits), ("features", features)):
+        if rows is None:
+            continue
+        ok = jnp.all(jnp.isfinite(jnp.asarray(rows)), axis=-1) | ~mask  # masked rows pass
+        checkify.check(jnp.all(ok), f"`{name}` has NaN/Inf in row {{row}}", row=jnp.argmin(ok))
     if kernel is not None:
         checkify.check(jnp.all(jnp.isfinite(jnp.asarray(kernel))), "`kernel` has NaN/Inf entries")
