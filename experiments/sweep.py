@@ -129,6 +129,7 @@ def plot_sweep(rows, path: str) -> None:
     for family, label in (
         ("pmm_linear", "PMM, linear ramp (α_end)"),
         ("pmm_constant", "PMM, constant α"),
+        ("pmm_hinge_linear", "PMM + hinge loss, linear ramp"),
     ):
         pts = sorted((r for r in rows if r["family"] == family), key=lambda r: r["value"])
         if pts:
