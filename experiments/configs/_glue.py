@@ -15,6 +15,7 @@ The checkpoint is a directory on disk (no hub access):
 
 import ml_collections
 
+from experiments.configs import _variants as variants
 from experiments.configs.default import base_config
 
 
@@ -56,29 +57,16 @@ def glue_config(task: str, *, num_classes: int, eval_split: str = "validation"):
     return c
 
 
+def _local(c) -> None:
+    """The tiny run's settings of this family, on top of the shared ones."""
+    c.dataset_kwargs.max_len = 32
+    c.dataset_kwargs.num_threads = 1
+    c.input_spec = {
+        "x": {k: ((32,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")}
+    }
+    c.warmup_epochs = 0
+
+
 def apply_variant(c, variant: str):
-    if variant in ("", "pmm"):
-        return c
-    if variant == "baseline":
-        c.name += "_baseline"
-        c.pmm.alpha_schedule = "none"
-        return c
-    if variant == "local":
-        c.name += "_local"
-        c.num_epochs = 0
-        c.num_train_steps = 2
-        c.batch_size = 8
-        c.eval_batch_size = 8
-        c.dataset_kwargs.max_len = 32
-        c.dataset_kwargs.num_threads = 1
-        c.input_spec = {
-            "x": {k: ((32,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")}
-        }
-        c.eval_every_epochs = 0
-        c.checkpoint_every_epochs = 0
-        c.log_every_steps = 1
-        c.eval_every_steps = 2
-        c.checkpoint_every_steps = 2
-        c.warmup_epochs = 0
-        return c
-    raise ValueError(f"Unknown variant {variant!r}: '', 'baseline' or 'local'.")
+    """``""`` = PMM as in the paper, ``baseline`` = PMM off, ``local`` = tiny smoke run."""
+    return variants.apply_variant(c, variant, local=_local)

@@ -8,6 +8,7 @@ tests and a first try on a laptop).
 
 import ml_collections
 
+from experiments.configs import _variants as variants
 from experiments.configs.default import base_config
 
 CIFAR_TRAIN = 45_000  # 50k training images minus the last 5k (validation)
@@ -61,27 +62,13 @@ def vision_config(
     return c
 
 
-def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+def _local(c) -> None:
+    """The tiny run's settings of this family, on top of the shared ones."""
+    c.dataset_kwargs.validation_size = 8
+    c.log_every_epochs = 0
+    c.tsne = False
+
+
+def apply_variant(c, variant: str):
     """``""`` = PMM as in the paper, ``baseline`` = PMM off, ``local`` = tiny smoke run."""
-    if variant in ("", "pmm"):
-        return c
-    if variant == "baseline":
-        c.name += "_baseline"
-        c.pmm.alpha_schedule = "none"
-        return c
-    if variant == "local":
-        c.name += "_local"
-        c.num_epochs = 0
-        c.num_train_steps = 2
-        c.batch_size = 8
-        c.eval_batch_size = 8
-        c.dataset_kwargs.validation_size = 8
-        c.log_every_epochs = 0
-        c.eval_every_epochs = 0
-        c.checkpoint_every_epochs = 0
-        c.log_every_steps = 1
-        c.eval_every_steps = 2
-        c.checkpoint_every_steps = 2
-        c.tsne = False
-        return c
-    raise ValueError(f"Unknown variant {variant!r}: '', 'baseline' or 'local'.")
+    return variants.apply_variant(c, variant, local=_local)
