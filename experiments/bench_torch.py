@@ -1,16 +1,12 @@
-"""The PyTorch peer of the ResNet-44 train step: cross-entropy, and + PMM the official way.
+"""The PyTorch peer of the ResNet-44 train step: cross-entropy, and + PMM the authors' way.
 
 The same network as ``experiments.models.resnet_cifar.CifarResNet(44)`` (He et
 al.'s CIFAR ResNet, option-A shortcuts: strided identity zero-padded with the new
 channels; 658,586 parameters for 10 classes), float32, SGD with momentum, eager
-PyTorch in its default NCHW layout. The penalty is computed the way the paper's
-official code does it::
-
-    top2 = logits.topk(2)                  # competitor: the best wrong class
-    w_y, w_m = fc.weight.index_select(0, y), fc.weight.index_select(0, m)
-    r = features.norm(dim=1).max()         # the max feature norm over the batch
-    R = ((w_y - w_m).norm(dim=1) * r) ** 2
-    loss = cross_entropy(logits, y) + alpha * R.sum()
+PyTorch in its default NCHW layout. The PMM step's loss is the authors' objective
+(``experiments.official_torch.official_objective``: mean cross-entropy +
+``alpha * (r * mean_i ||w_{y_i} - w_{m_i}||) ** 2``), the same function the
+tests hold ``pmm_jax.pmm_loss(..., penalty_reduction="official")`` against.
 
 PyTorch is an optional dependency: ``available()`` says whether it imports, and
 ``python -m experiments.bench`` skips the peer with a message when it does not.
@@ -22,6 +18,8 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
+
+from experiments import official_torch
 
 
 def available() -> bool:
@@ -91,18 +89,6 @@ def _build_resnet(depth: int, num_classes: int, width: int):
     return CifarResNet()
 
 
-def official_pmm_penalty(logits, target, features, fc_weight):
-    """Per-example ``R_i``, written as the paper's official PyTorch code does."""
-    import torch
-
-    top2 = logits.topk(2, dim=1).indices
-    competitor = torch.where(top2[:, 0] == target, top2[:, 1], top2[:, 0])
-    w_y = fc_weight.index_select(0, target)
-    w_m = fc_weight.index_select(0, competitor)
-    radius = features.norm(dim=1).max()
-    return ((w_y - w_m).norm(dim=1) * radius) ** 2
-
-
 def make_resnet_steps(
     batch: int,
     *,
@@ -140,10 +126,12 @@ def make_resnet_steps(
         def step():
             opt.zero_grad(set_to_none=True)
             logits, features = model(x)
-            loss = F.cross_entropy(logits, y)
             if use_pmm:
-                penalty = official_pmm_penalty(logits, y, features, model.fc.weight)
-                loss = loss + alpha * penalty.sum()
+                loss = official_torch.official_objective(
+                    logits, y, features, model.fc.weight, alpha
+                )
+            else:
+                loss = F.cross_entropy(logits, y)
             loss.backward()
             opt.step()
             sync()

@@ -17,6 +17,30 @@ def _mean_std(xs) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_description() -> str:
+    """What the numbers were measured on: XLA:CPU compiles for the host CPU, so
+    CPU results are reproducible on the same CPU model, not across models."""
+    import jax
+
+    return (
+        f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, JAX {jax.__version__} ({jax.default_backend()}: "
+        f"{jax.devices()[0].device_kind})"
+    )
+
+
 def paired_comparison(treated: list[float], baseline: list[float]) -> dict:
     """Per-seed differences ``treated - baseline`` with a paired t-test and Wilcoxon."""
     from scipy import stats
@@ -52,23 +76,22 @@ def format_table(methods: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def format_comparisons(comparisons: dict[str, dict], treated: str | None = None) -> str:
-    """One line per comparison with per-seed differences and p-values.
-
-    Keys are the treated methods, compared with the baseline; or, with
-    ``treated`` given, the reference methods that ``treated`` is compared with.
-    """
+def format_comparisons(comparisons: dict[str, dict]) -> str:
+    """One line per comparison (keys ``"treated - reference"``): per-seed differences, p."""
     lines = []
-    for name, c in comparisons.items():
-        first, second = (treated, name) if treated else (name, BASELINE)
+    for label, c in comparisons.items():
         diffs = ", ".join(f"{100 * d:+.2f}" for d in c["diff_per_seed"])
         t_p = "n/a" if c["paired_t"] is None else f"{c['paired_t']['p']:.3g}"
         w_p = "n/a" if c["wilcoxon"] is None else f"{c['wilcoxon']['p']:.3g}"
         lines.append(
-            f"{first} - {second}: mean {100 * c['mean_diff']:+.2f} points over {c['n']} seeds "
+            f"{label}: mean {100 * c['mean_diff']:+.2f} points over {c['n']} seeds "
             f"[{diffs}]; paired t p={t_p}, Wilcoxon p={w_p}"
         )
     return "\n".join(lines)
+
+
+# Paired comparisons beyond "every method - baseline" when the config names none.
+DEFAULT_PAIRS = (("pmm", "weight_decay"), ("pmm", "dropout"))
 
 
 def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dict:
@@ -83,29 +106,32 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
                 comparisons[name] = paired_comparison(
                     m["test_accuracy"], methods[BASELINE]["test_accuracy"]
                 )
-    # PMM against the other regularizers, seed by seed (same seeds, same data order).
-    pmm_vs = {}
-    if "pmm" in methods:
-        for other in ("weight_decay", "dropout"):
-            if other in methods:
-                pmm_vs[other] = paired_comparison(
-                    methods["pmm"]["test_accuracy"], methods[other]["test_accuracy"]
-                )
+    # Other pairs, seed by seed (same seeds, same data order): PMM against the
+    # other regularizers, weight decay + PMM against weight decay alone, ...
+    pairs = [tuple(p) for p in (config.get("paired_comparisons") or DEFAULT_PAIRS)]
+    paired = {
+        f"{a} - {b}": paired_comparison(methods[a]["test_accuracy"], methods[b]["test_accuracy"])
+        for a, b in pairs
+        if a in methods and b in methods
+    }
+    pmm_vs = {b: paired[f"{a} - {b}"] for a, b in pairs if a == "pmm" and f"{a} - {b}" in paired}
     summary = {
         "dataset": dataset_name,
         "methods": methods,
         "comparisons_vs_baseline": comparisons,
-        "pmm_vs": pmm_vs,
+        "paired": paired,
+        "pmm_vs": pmm_vs,  # the same comparisons keyed by the other method
         "config": config.to_dict(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     table = format_table(methods)
-    text = table + ("\n\n" + format_comparisons(comparisons) if comparisons else "")
-    if pmm_vs:
-        text += "\n" + format_comparisons(pmm_vs, treated="pmm")
+    vs_base = {f"{name} - {BASELINE}": c for name, c in comparisons.items()}
+    text = table + ("\n\n" + format_comparisons(vs_base) if vs_base else "")
+    if paired:
+        text += "\n" + format_comparisons(paired)
     with open(os.path.join(workdir, "summary.txt"), "w") as f:
         f.write(text + "\n")
     print("\n" + text, flush=True)

@@ -378,7 +378,11 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
     ckpt.close()
 
     final_split = config.get("final_split", "test")
-    extra = {"device": str(jax.devices()[0].device_kind), "num_devices": int(mesh.devices.size)}
+    extra = {
+        "device": str(jax.devices()[0].device_kind),
+        "num_devices": int(mesh.devices.size),
+        "config": config.to_dict(),  # the effective config of this method
+    }
     if best_ckpt is not None:
         best_ckpt.wait()
         last_state = runner.state

@@ -54,6 +54,24 @@ def test_recipes_match_the_paper():
     assert mob.pmm.alpha_end == 1e-5 and mob.lr_boundaries == (30, 60, 80)
 
 
+GLUE = ["glue_mnli", "glue_qnli", "glue_rte", "glue_qqp", "glue_mrpc", "glue_sst2"]
+
+
+@pytest.mark.parametrize("name", VISION + GLUE)
+def test_paper_rows_use_the_authors_arithmetic_and_alphas(name):
+    """The paper's alphas belong to the authors' reduction: every paper row uses it."""
+    c = _config(name)
+    assert c.pmm.penalty_reduction == "official"
+    if name.startswith("cifar"):
+        assert c.pmm.alpha_schedule == "epoch_linear"
+        assert (c.pmm.alpha_init, c.pmm.alpha_end) == (1e-5, 1e-3)
+    else:
+        assert (c.pmm.alpha_schedule, c.pmm.alpha_end) == ("constant", 1e-5)
+    if name == "glue_mnli":
+        mm = _config(name, "mismatched")
+        assert (mm.pmm.penalty_reduction, mm.pmm.alpha_end) == ("official", 1e-6)
+
+
 @pytest.mark.parametrize("name", VISION)
 def test_local_variant_trains_and_evaluates_on_mock_data(name, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")

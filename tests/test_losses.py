@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
 
 import pmm_jax
 from tests import reference
@@ -20,7 +21,7 @@ def _ce(logits, labels):
 
 class PmmLossTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
-    def test_paper_reduction_is_mean_ce_plus_summed_penalty(self):
+    def test_default_reduction_is_the_papers_mean(self):
         logits, labels, feats, kernel = make_batch(0, 16, 6, 10)
         total, parts = self.variant(lambda *a: pmm_jax.pmm_loss(*a, alpha=1e-3))(
             logits, labels, feats, kernel
@@ -28,8 +29,8 @@ class PmmLossTest(chex.TestCase):
         pen = reference.penalty_loop(logits, labels, feats, kernel)
         ce = _ce(logits, labels)
         np.testing.assert_allclose(parts["base_risk"], ce.mean(), rtol=1e-5)
-        np.testing.assert_allclose(parts["penalty"], pen.sum(), rtol=1e-5)
-        np.testing.assert_allclose(total, ce.mean() + 1e-3 * pen.sum(), rtol=1e-5)
+        np.testing.assert_allclose(parts["penalty"], pen.mean(), rtol=1e-5)
+        np.testing.assert_allclose(total, ce.mean() + 1e-3 * pen.mean(), rtol=1e-5)
         np.testing.assert_allclose(parts["radius"], np.linalg.norm(feats, axis=-1).max(), rtol=1e-6)
         r = float(parts["radius"])
         np.testing.assert_allclose(
@@ -42,14 +43,86 @@ class PmmLossTest(chex.TestCase):
             chex.assert_shape(v, ())
             chex.assert_type(v, jnp.float32)
 
-    def test_mean_reduction(self):
+    def test_sum_reduction_is_batch_size_times_mean(self):
         logits, labels, feats, kernel = make_batch(1, 16, 6, 10)
         total, parts = pmm_jax.pmm_loss(
-            logits, labels, feats, kernel, alpha=0.5, penalty_reduction="mean"
+            logits, labels, feats, kernel, alpha=0.5, penalty_reduction="sum"
         )
         pen = reference.penalty_loop(logits, labels, feats, kernel)
-        np.testing.assert_allclose(parts["penalty"], pen.mean(), rtol=1e-5)
-        np.testing.assert_allclose(total, _ce(logits, labels).mean() + 0.5 * pen.mean(), rtol=1e-5)
+        np.testing.assert_allclose(parts["penalty"], pen.sum(), rtol=1e-5)
+        np.testing.assert_allclose(total, _ce(logits, labels).mean() + 0.5 * pen.sum(), rtol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_official_reduction_squares_the_mean_norm(self):
+        logits, labels, feats, kernel = make_batch(7, 16, 6, 10)
+        where = jnp.arange(16) < 13
+        total, parts = self.variant(
+            lambda *a: pmm_jax.pmm_loss(*a, alpha=0.5, penalty_reduction="official", where=where)
+        )(logits, labels, feats, kernel)
+        m = reference.competitors_loop(logits, labels)
+        kern, lab = np.asarray(kernel, np.float64), np.asarray(labels)
+        norms = [np.linalg.norm(kern[:, lab[i]] - kern[:, m[i]]) for i in range(13)]
+        r = np.linalg.norm(np.asarray(feats, np.float64)[:13], axis=-1).max()
+        want = (r * np.mean(norms)) ** 2
+        np.testing.assert_allclose(parts["penalty"], want, rtol=1e-5)
+        ce = _ce(logits, labels)[:13].mean()
+        np.testing.assert_allclose(total, ce + 0.5 * want, rtol=1e-5)
+        # (mean s)^2 <= mean s^2: never stronger than the paper's per-example mean.
+        mean_pen = reference.penalty_loop(logits, labels, feats, kernel, where)[:13].mean()
+        assert want < mean_pen
+
+    @parameterized.parameters("mean", "official", "sum")
+    def test_reductions_are_finite_where_classes_coincide(self, reduction):
+        """``w_y = w_m`` for some rows (s_i = 0), then for all: finite values and gradients."""
+        logits, labels, feats, kernel = make_batch(8, 8, 4, 5)
+        some = kernel.at[:, 1].set(kernel[:, 0])  # classes 0 and 1 coincide
+        same = jnp.zeros_like(kernel)  # every column equal: every s_i = 0
+
+        def f(kernel, feats):
+            logits = feats @ kernel
+            return pmm_jax.pmm_loss(
+                logits, labels, feats, kernel, alpha=1.0, penalty_reduction=reduction
+            )[0]
+
+        for kern in (some, same):
+            value, grads = jax.value_and_grad(f, (0, 1))(kern, feats)
+            assert np.isfinite(float(value))
+            for g in grads:
+                assert np.all(np.isfinite(np.asarray(g))), reduction
+
+        # All s_i = 0: the penalty is 0 and so is its kernel gradient (the logits are
+        # held fixed here, so the base risk does not depend on the kernel).
+        def penalty_only(kernel):
+            return pmm_jax.pmm_loss(
+                logits, labels, feats, kernel, alpha=1.0, penalty_reduction=reduction
+            )[1]["penalty"]
+
+        value, g_pen = jax.value_and_grad(penalty_only)(same)
+        assert float(value) == 0.0
+        np.testing.assert_array_equal(g_pen, np.zeros_like(g_pen))
+
+    def test_alpha_none_names_the_fix(self):
+        logits, labels, feats, kernel = make_batch(9, 4, 3, 3)
+        with pytest.raises(TypeError, match=r"alpha=0\.0.*make_train_step\(alpha=None\)"):
+            pmm_jax.pmm_loss(logits, labels, feats, kernel, alpha=None)
+
+    @parameterized.parameters(-1.0, float("nan"), float("inf"), "1e-3")
+    def test_bad_alpha_values_are_refused(self, alpha):
+        logits, labels, feats, kernel = make_batch(10, 4, 3, 3)
+        with pytest.raises((ValueError, TypeError), match="alpha"):
+            pmm_jax.pmm_loss(logits, labels, feats, kernel, alpha=alpha)
+
+    def test_bad_schedule_first_value_is_refused(self):
+        logits, labels, feats, kernel = make_batch(11, 4, 3, 3)
+        bad = pmm_jax.linear_alpha_schedule(-1e-3, 1e-3, total_steps=10)
+        with pytest.raises(ValueError, match=r"alpha\(0\)"):
+            pmm_jax.pmm_loss(logits, labels, feats, kernel, alpha=bad, step=3)
+        # Under jit too: the schedule's first value is checked while tracing.
+        with pytest.raises(ValueError, match=r"alpha\(0\)"):
+            jax.jit(lambda s: pmm_jax.pmm_loss(logits, labels, feats, kernel, alpha=bad, step=s))(3)
+        # A traced alpha cannot be checked and is accepted.
+        out = jax.jit(lambda a: pmm_jax.pmm_loss(logits, labels, feats, kernel, alpha=a)[0])(0.1)
+        assert np.isfinite(float(out))
 
     def test_hinge_base_loss(self):
         logits, labels, feats, kernel = make_batch(2, 16, 6, 10)

@@ -155,7 +155,10 @@ def test_jit_over_sharded_global_arrays_needs_no_axis_name(axis_type, k):
     np.testing.assert_allclose(pen, pmm_jax.pmm_penalty(logits, labels, feats, kernel), rtol=1e-6)
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
+REDUCTIONS = ["mean", "official", "sum"]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_pmap_loss_share_pmean_equals_global(reduction):
     _logits, labels, feats, kernel = global_batch(4)
     # Uneven padding: each device masks a different number of rows.
@@ -184,3 +187,80 @@ def test_pmap_loss_share_pmean_equals_global(reduction):
     np.testing.assert_allclose(gk[0], want_g[0], rtol=1e-4, atol=1e-6)
     # Feature gradients are per example: the pmean'd loss's gradient is 1/D of each share's.
     np.testing.assert_allclose(gf.reshape(B, -1) / NUM_DEVICES, want_g[1], rtol=1e-4, atol=1e-6)
+
+
+def _uneven_where():
+    return jnp.arange(B) % 8 < (jnp.arange(B) // 8) % 8 + 1
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_shard_map_loss_share_equals_global(reduction, check_vma):
+    """Under shard_map each device's share, averaged, is the global loss and gradient."""
+    _logits, labels, feats, kernel = global_batch(5)
+    where = _uneven_where()
+    kw = dict(alpha=1e-2, penalty_reduction=reduction)
+
+    def single(kernel, feats):
+        return pmm_jax.pmm_loss(feats @ kernel, labels, feats, kernel, where=where, **kw)[0]
+
+    want, (want_gk, want_gf) = jax.value_and_grad(single, (0, 1))(kernel, feats)
+    mesh = jax.make_mesh((NUM_DEVICES,), ("data",), axis_types=(AxisType.Explicit,))
+
+    def local(kernel, feats, labels, where):
+        def f(kernel, feats):
+            loss, _ = pmm_jax.pmm_loss(
+                feats @ kernel, labels, feats, kernel, where=where, axis_name="data", **kw
+            )
+            return loss
+
+        loss, (gk, gf) = jax.value_and_grad(f, (0, 1))(kernel, feats)
+        # With check_vma the replicated kernel's gradient is already summed over
+        # the devices (JAX's psum); without it, sum here. The pmean is sum / N.
+        gk = gk if check_vma else jax.lax.psum(gk, "data")
+        return jax.lax.pmean(loss, "data"), gk / NUM_DEVICES, gf / NUM_DEVICES
+
+    fn = jax.jit(
+        jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data"), P("data")),
+            out_specs=(P(), P(), P("data")),
+            check_vma=check_vma,
+        )
+    )
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+    loss, gk, gf = fn(
+        jax.device_put(kernel, NamedSharding(mesh, P())), put(feats), put(labels), put(where)
+    )
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(gk, want_gk, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gf, want_gf, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_sharded_jit_loss_equals_global(reduction, axis_type):
+    _logits, labels, feats, kernel = global_batch(6)
+    where = _uneven_where()
+    mesh = jax.make_mesh((NUM_DEVICES,), ("data",), axis_types=(axis_type,))
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+
+    def f(kernel, feats, labels, where):
+        return pmm_jax.pmm_loss(
+            feats @ kernel,
+            labels,
+            feats,
+            kernel,
+            where=where,
+            alpha=1e-2,
+            penalty_reduction=reduction,
+        )[0]
+
+    grad = jax.value_and_grad(f, (0, 1))
+    want, (want_gk, want_gf) = grad(kernel, feats, labels, where)
+    kernel_r = jax.device_put(kernel, NamedSharding(mesh, P()))
+    got, (gk, gf) = jax.jit(grad)(kernel_r, put(feats), put(labels), put(where))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(gk, want_gk, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gf, want_gf, rtol=1e-5, atol=1e-7)

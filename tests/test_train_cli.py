@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import trainer
@@ -67,7 +68,15 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
     summary = train_and_evaluate(config, str(tmp_path))
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["dataset"] == "mnist1d"
-    assert set(data["methods"]) == {"baseline", "weight_decay", "dropout", "pmm", "pmm_hinge"}
+    assert set(data["methods"]) == {
+        "baseline",
+        "weight_decay",
+        "dropout",
+        "pmm",
+        "weight_decay_pmm",
+        "pmm_hinge",
+        "pmm_paper",
+    }
     for m in data["methods"].values():
         assert len(m["test_accuracy"]) == 2
         assert all(isinstance(a, float) and 0 <= a <= 1 for a in m["test_accuracy"])
@@ -76,12 +85,23 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
     assert data["config"]["batch_size"] == 96
     comp = data["comparisons_vs_baseline"]["pmm"]
     assert len(comp["diff_per_seed"]) == 2 and "paired_t" in comp and "wilcoxon" in comp
+    # The paper's setting, PMM on top of weight decay, against weight decay alone.
+    wd_pmm = data["paired"]["weight_decay_pmm - weight_decay"]
+    want = np.subtract(
+        data["methods"]["weight_decay_pmm"]["test_accuracy"],
+        data["methods"]["weight_decay"]["test_accuracy"],
+    )
+    np.testing.assert_allclose(wd_pmm["diff_per_seed"], want)
+    # Each method records the config it actually trained with.
+    assert data["methods"]["pmm_paper"]["extra"]["config"]["pmm"]["penalty_reduction"] == "official"
+    assert data["methods"]["weight_decay_pmm"]["extra"]["config"]["weight_decay"] == 1e-4
     for name in ("accuracy_curves.png", "margin_histograms.png", "tsne_features.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert (tmp_path / "pmm" / "metrics.jsonl").read_text().count("\n") >= 4
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "pmm" / "tb"))
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "pmm - baseline" in printed
+    assert "weight_decay_pmm - weight_decay" in printed
 
     # Rerunning in the same workdir reads finished methods back instead of training.
     again = train_and_evaluate(config, str(tmp_path))
@@ -140,6 +160,8 @@ def test_sweep_local_writes_json_and_plot(tmp_path):
         "pmm_constant",
         "pmm_hinge_linear",
         "hinge_baseline",
+        "weight_decay_pmm_linear",
+        "pmm_paper",
         "weight_decay",
         "dropout",
     }

@@ -6,7 +6,8 @@
 Recipe (Zagoruyko & Komodakis, at the paper's batch 64): 200 epochs, SGD
 Nesterov momentum 0.9, lr 0.1 multiplied by 0.2 at epochs 60, 120, 160, weight
 decay 5e-4, crop + flip, AutoAugment (CIFAR-10 policy) and 8x8 Cutout; PMM alpha
-ramps 1e-5 -> 1e-3 per epoch.
+ramps 1e-5 -> 1e-3 per epoch (``penalty_reduction="official"``, the authors'
+arithmetic).
 """
 
 from experiments.configs._vision import apply_variant, vision_config

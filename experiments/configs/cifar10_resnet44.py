@@ -6,7 +6,8 @@
 Needs CIFAR-10 prepared once (see README "Preparing the datasets"). Recipe:
 batch 64, 200 epochs, SGD momentum 0.9, lr 0.1 divided by 10 at epochs 100 and
 150, weight decay 1e-4, crop + flip; the last 5k training images are the
-validation set; PMM alpha ramps 1e-5 -> 1e-3 per epoch (official code).
+validation set; PMM alpha ramps 1e-5 -> 1e-3 per epoch, with the authors'
+arithmetic (``penalty_reduction="official"``): the paper's alphas unchanged.
 """
 
 from experiments.configs._vision import apply_variant, vision_config

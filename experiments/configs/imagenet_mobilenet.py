@@ -6,7 +6,8 @@
 Needs ImageNet (ILSVRC 2012) prepared once with tfds from a manual download.
 Recipe (Goyal et al. regime, as the paper): batch 256, 90 epochs, SGD momentum
 0.9, lr 0.1 divided by 10 at epochs 30, 60, 80, L2 (4e-5) on the weight
-kernels only, Inception-style random-resized crop + flip; PMM alpha constant 1e-5.
+kernels only, Inception-style random-resized crop + flip; PMM alpha constant 1e-5
+(``penalty_reduction="official"``, the authors' arithmetic, inherited from _vision.py).
 The validation split of ImageNet is the test set here (as usual); nothing is
 selected on it (no best checkpoint).
 """

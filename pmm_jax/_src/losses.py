@@ -1,32 +1,41 @@
-r"""The composed objective: base risk + alpha * PMM, with explicit reductions.
+r"""The composed objective: base risk + alpha * PMM, with named reductions.
 
-The paper writes the objective as ``L = alpha * sum_i R_i + sum_i C_i`` (§IV,
-footnote 2). Its official PyTorch code, whose alpha values (1e-5 .. 1e-3) we want
-to mean the same thing here, computes
+Three conventions for reducing the per-example penalty ``R_i = r^2 s_i^2``
+(``s_i = ||w_{y_i} - w_{m_i}||``, ``r`` the largest feature norm of the global
+batch) next to the mean base risk ``mean_i C_i``:
 
-    L = mean_i C_i + alpha * sum_i R_i        (``penalty_reduction="sum"``)
-
-i.e. a *mean* cross-entropy and a *summed* penalty over the batch. That is our
-default and the convention the paper's alpha values belong to. The alternative
-``penalty_reduction="mean"`` (``mean_i C_i + alpha * mean_i R_i``) makes alpha
-independent of the batch size; multiply a paper alpha by the batch size to
-convert.
+* ``"mean"`` (default): ``mean_i C_i + alpha * mean_i R_i``. The paper's equation
+  (§IV, footnote 2: ``L = alpha * sum_i R_i + sum_i C_i``) divided by the batch
+  size; batch-size free.
+* ``"official"``: ``mean_i C_i + alpha * r^2 * (mean_i s_i)^2``, the authors'
+  PyTorch code exactly (``models/mnist.py``: ``mms_loss(mode="mean")`` takes the
+  mean of the norms, ``forward`` squares ``radius * mean``; ``trainer.py`` adds
+  ``alpha`` times that scalar to the mean cross-entropy -- its ``.sum()`` only
+  adds DataParallel replicas). Also batch-size free; ``(mean s)^2 <= mean s^2``,
+  so it is at most ``"mean"``. The paper's alphas (1e-5 .. 1e-3) were tuned in
+  this convention.
+* ``"sum"``: ``mean_i C_i + alpha * sum_i R_i``: ``B`` times ``"mean"``, so its
+  alpha depends on the batch size. Kept for those who want it.
 
 Data parallelism. With ``axis_name`` (inside ``pmap`` / ``shard_map``) the
 returned scalars are *this device's share*, built so that their ``lax.pmean``
 over the axis -- and the ``pmean`` of their gradients, as in every pmap training
-loop -- equals the single-device value on the global batch: the mean is taken
-over the global count of valid examples, the sum over the global batch, and the
-radius is the global one. With ``jax.jit`` over sharded global arrays leave
-``axis_name=None``: the batch is global already.
+loop -- equals the single-device value on the global batch: means are taken
+over the global count of valid examples, the radius is the global one, and
+``"official"``'s global ``mean_i s_i`` enters through its first-order expansion
+around the (stop-gradient) global value (see :func:`_official_penalty`). With
+``jax.jit`` over sharded global arrays leave ``axis_name=None``: the batch is
+global already.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -34,20 +43,84 @@ from pmm_jax._src import checks
 from pmm_jax._src.penalty import _pairwise_margins, _pmm_penalty, _safe_sqrt
 
 Array = jax.Array
-PENALTY_REDUCTIONS = ("sum", "mean")
+PENALTY_REDUCTIONS = ("mean", "official", "sum")
+
+
+def _check_alpha_value(value, what: str) -> None:
+    """Raises ``ValueError`` if a concrete alpha is negative or not finite."""
+    if isinstance(value, jax.core.Tracer):
+        return  # a traced value (e.g. alpha passed into jit): nothing to see
+    v = float(np.asarray(value))
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be finite and >= 0; got {v!r}.")
 
 
 def resolve_alpha(alpha, step) -> Array:
-    """``alpha`` as a float32 scalar: a number, or a schedule evaluated at ``step``."""
+    """``alpha`` as a float32 scalar: a number, or a schedule evaluated at ``step``.
+
+    Concrete values are checked (finite, ``>= 0``); a schedule is checked at its
+    first value, ``alpha(0)``, when that can be evaluated without a trace.
+    """
+    if alpha is None:
+        raise TypeError(
+            "`alpha` is None. Use `alpha=0.0` for the base loss with a zero-weight penalty, "
+            "or build the train step with `make_train_step(alpha=None)` to skip the penalty "
+            "altogether (a true baseline)."
+        )
+    if isinstance(alpha, (str, bytes)):
+        raise TypeError(f"`alpha` must be a number or a schedule `step -> alpha`; got {alpha!r}.")
     if callable(alpha):
         if step is None:
             raise ValueError(
                 "`alpha` is a schedule, so `step` is required: pmm_loss(..., step=state.step)."
             )
+        try:
+            with jax.ensure_compile_time_eval():  # concrete even while tracing a jit
+                first = alpha(0)
+        except Exception:  # a schedule that cannot be called eagerly: not checked
+            first = None
+        if first is not None and jnp.ndim(first) == 0:
+            _check_alpha_value(first, "The alpha schedule's first value `alpha(0)`")
         alpha = alpha(step)
-    if jnp.ndim(alpha) != 0:
+    try:
+        ndim = jnp.ndim(alpha)
+    except TypeError as e:
+        raise TypeError(
+            f"`alpha` must be a number or a schedule `step -> alpha`; got {alpha!r}."
+        ) from e
+    if ndim != 0:
         raise ValueError(f"`alpha` must be a scalar or a schedule; got shape {jnp.shape(alpha)}.")
+    _check_alpha_value(alpha, "`alpha`")
     return jnp.asarray(alpha, jnp.float32)
+
+
+def _official_penalty(sq_dist, r_sq, mask, n_global, num_shards, axis_name):
+    r"""``r^2 (mean_i s_i)^2``, ``s_i = ||w_{y_i} - w_{m_i}||``, over the valid rows.
+
+    ``s_i = sqrt(sq_dist_i)`` with a zero gradient where ``s_i = 0`` (PyTorch's
+    ``norm`` subgradient there, and what the authors' code gets), so ``w_y = w_m``
+    for some or all rows gives finite gradients.
+
+    Under ``axis_name`` with ``S = sum_i s_i`` over the global batch, ``n`` valid
+    rows, ``N`` devices and ``S_d`` device d's part, the share is
+
+        P_d = r^2 * sbar * (2 N S_d / n - sbar),    sbar = stop_gradient(S / n).
+
+    Its mean over devices is ``r^2 sbar^2``; its gradient with respect to a local
+    ``s_i``, averaged over devices, is ``2 r^2 sbar / n``; the cotangents of ``r^2``
+    (summed over devices by the radius' ``all_gather``) average to ``sbar^2``:
+    exactly the value and first derivatives of ``r^2 (S / n)^2``, with no
+    differentiation through a collective. (Higher derivatives of the share are
+    not those of the global objective.)
+    """
+    s = jnp.where(mask, _safe_sqrt(sq_dist), 0.0)
+    s_local = jnp.sum(s)
+    if axis_name is None:
+        s_bar = s_local / jnp.maximum(n_global, 1.0)
+        return r_sq * jnp.square(s_bar)
+    count = jnp.maximum(n_global, 1.0)
+    s_bar = lax.stop_gradient(lax.psum(s_local, axis_name) / count)
+    return r_sq * s_bar * (2.0 * num_shards * s_local / count - s_bar)
 
 
 def pmm_loss(
@@ -61,31 +134,43 @@ def pmm_loss(
     base_loss: Callable[[Array, Array], Array] = (
         optax.losses.softmax_cross_entropy_with_integer_labels
     ),
-    penalty_reduction: str = "sum",
+    penalty_reduction: str = "mean",
     where: Array | None = None,
     axis_name=None,
     stop_radius_gradient: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
     r"""Base risk plus ``alpha`` times the PMM penalty, reduced over the batch.
 
-    ``total = mean_i C_i + alpha * reduce_i R_i`` where ``C_i = base_loss(logits,
-    labels)`` (cross-entropy by default, Eq. 10; pass
-    ``optax.losses.multiclass_hinge_loss`` for the hinge of Eq. 7) and ``R_i``
-    is :func:`pmm_jax.pmm_penalty`. ``reduce`` is a sum (the paper's convention,
-    default) or a mean, over the valid rows of the (global) batch.
+    ``total = mean_i C_i + alpha * P`` where ``C_i = base_loss(logits, labels)``
+    (cross-entropy by default, Eq. 10; pass ``optax.losses.multiclass_hinge_loss``
+    for the hinge of Eq. 7), ``R_i = r^2 ||w_{y_i} - w_{m_i}||^2`` is
+    :func:`pmm_jax.pmm_penalty` and, over the valid rows of the (global) batch,
+
+    =====================  ==========================================  ===============
+    ``penalty_reduction``  ``P``                                       batch-size free
+    =====================  ==========================================  ===============
+    ``"mean"`` (default)   ``mean_i R_i`` (the paper's equation / B)   yes
+    ``"official"``         ``r^2 (mean_i ||w_{y_i} - w_{m_i}||)^2``    yes
+    ``"sum"``              ``sum_i R_i`` (``B`` times ``"mean"``)        no
+    =====================  ==========================================  ===============
+
+    ``"official"`` is the authors' PyTorch arithmetic exactly (the mean of the
+    norms, squared); the paper's alphas (1e-5 .. 1e-3) belong to it. ``"mean"``
+    is the paper's written objective and is at least as strong
+    (``(mean s)^2 <= mean s^2``); ``"sum"`` is ``B`` times stronger.
 
     Args:
       logits: ``float[B, k]``.
       labels: ``int[B]``.
       features: ``float[B, d]`` the head's input.
       kernel: ``float[d, k]`` the head's kernel.
-      alpha: a float, or an optax schedule ``step -> alpha`` (then ``step`` is
-        required), e.g. :func:`pmm_jax.linear_alpha_schedule`.
+      alpha: a float ``>= 0``, or an optax schedule ``step -> alpha`` (then
+        ``step`` is required), e.g. :func:`pmm_jax.linear_alpha_schedule`.
+        ``None`` is an error: use ``0.0``, or ``make_train_step(alpha=None)``.
       step: the training step at which to evaluate a schedule.
       base_loss: per-example ``(logits, labels) -> float[B]``; default
         ``optax.losses.softmax_cross_entropy_with_integer_labels``.
-      penalty_reduction: ``"sum"`` (paper; alpha depends on the batch size) or
-        ``"mean"`` (alpha independent of the batch size).
+      penalty_reduction: ``"mean"`` (default), ``"official"`` or ``"sum"`` (table).
       where: optional ``bool[B]`` mask of real examples (padding excluded from
         every term and from the radius). Padded rows must hold finite values.
       axis_name: mapped axis the batch is split over (see module docstring).
@@ -93,19 +178,27 @@ def pmm_loss(
 
     Returns:
       ``(total, parts)``: the scalar objective and a dict of float32 scalars for
-      logging -- ``base_risk`` (mean C), ``penalty`` (reduced R, before alpha),
+      logging -- ``base_risk`` (mean C), ``penalty`` (``P``, before alpha),
       ``alpha``, ``radius`` (r), ``mean_margin`` (mean normalized pairwise margin
       ``d_i / r``) and ``num_examples`` (valid rows, global). Under ``axis_name``
       the values are this device's share; ``lax.pmean`` them to log.
 
     Example:
       >>> import jax, jax.numpy as jnp, pmm_jax
-      >>> feats = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-      >>> kernel = jnp.array([[1.0, -1.0], [0.5, 0.0]])
-      >>> total, parts = pmm_jax.pmm_loss(feats @ kernel, jnp.array([0, 1]), feats,
-      ...                                 kernel, alpha=1e-3)
-      >>> sorted(parts)
-      ['alpha', 'base_risk', 'mean_margin', 'num_examples', 'penalty', 'radius']
+      >>> feats = jnp.array([[1.0, 0.0], [0.0, 2.0]])           # r = 2
+      >>> kernel = jnp.array([[1.0, -1.0], [0.5, 0.0]])         # ||w_0 - w_1||^2 = 4.25
+      >>> logits, labels = feats @ kernel, jnp.array([0, 1])
+      >>> for reduction in ("mean", "official", "sum"):
+      ...     _, parts = pmm_jax.pmm_loss(logits, labels, feats, kernel, alpha=1e-3,
+      ...                                 penalty_reduction=reduction)
+      ...     print(reduction, round(float(parts["penalty"]), 4))
+      mean 17.0
+      official 17.0
+      sum 34.0
+
+    References:
+      Weinstein, Fine, Hel-Or, "Pairwise Margin Maximization for Deep Neural
+      Networks", §IV; the authors' code, github.com/berryweinst/pairwise-margin-maximization.
     """
     batch, k = checks.check_logits_labels(logits, labels)
     dim = checks.check_features(features, batch)
@@ -149,8 +242,11 @@ def pmm_loss(
         axis_name=axis_name,
         stop_radius_gradient=stop_radius_gradient,
     )
-    scale = num_shards if penalty_reduction == "sum" else mean_scale
-    penalty_reduced = jnp.sum(penalty) * scale
+    if penalty_reduction == "official":
+        penalty_reduced = _official_penalty(pair[2], r_sq, mask, n_global, num_shards, axis_name)
+    else:
+        scale = num_shards if penalty_reduction == "sum" else mean_scale
+        penalty_reduced = jnp.sum(penalty) * scale
 
     radius = _safe_sqrt(lax.stop_gradient(r_sq))
     margins = _pairwise_margins(

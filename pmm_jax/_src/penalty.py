@@ -304,9 +304,10 @@ def pmm_penalty(
 
     ``R_i = ||w_{y_i} - w_{m_i}||^2 * r^2`` with ``m_i`` the competitor class
     (:func:`competitor_classes`) and ``r`` the radius of the global batch
-    (:func:`feature_radius`). The bias is not penalized. The caller reduces; the
-    paper's alpha values assume ``alpha * R.sum()`` next to a *mean*
-    cross-entropy (see :func:`pmm_jax.pmm_loss`).
+    (:func:`feature_radius`). The bias is not penalized. The caller reduces:
+    :func:`pmm_jax.pmm_loss` offers the paper's ``mean_i R_i`` (default), the
+    authors' code's ``r^2 (mean_i ||w_{y_i} - w_{m_i}||)^2`` (``"official"``, the
+    scale of the paper's alphas) and ``sum_i R_i``.
 
     Gradient flows into the two kernel columns of each example and, unless
     ``stop_radius_gradient``, through ``r`` into the max-norm feature row(s);

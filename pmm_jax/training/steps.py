@@ -89,7 +89,7 @@ def make_train_step(
     *,
     alpha: float | Callable | None,
     base_loss: Callable = optax.losses.softmax_cross_entropy_with_integer_labels,
-    penalty_reduction: str = "sum",
+    penalty_reduction: str = "mean",
     stop_radius_gradient: bool = False,
     head: pmm_jax._src.params.HeadPath = "head",
     axis_name: str | None = None,
@@ -113,7 +113,8 @@ def make_train_step(
         the base loss alone (no penalty is computed: a true baseline).
       base_loss: per-example ``(logits, labels) -> [B]`` (cross-entropy default;
         ``optax.losses.multiclass_hinge_loss`` for the hinge).
-      penalty_reduction: ``"sum"`` (the paper's alpha scale) or ``"mean"``.
+      penalty_reduction: ``"mean"`` (default), ``"official"`` (the authors' code,
+        the scale of the paper's alphas) or ``"sum"``; see :func:`pmm_jax.pmm_loss`.
       stop_radius_gradient: treat the radius as a constant.
       head: path of the classifier head in ``params``.
       axis_name: the mapped axis under ``pmap``/``shard_map``; ``None`` otherwise.
@@ -162,8 +163,10 @@ def make_train_step(
         rng = step_rng(state, axis_name)
         pre_rng, dropout_rng = jax.random.split(rng)
         batch = preprocess(pre_rng, batch, True)
-        grad_fn = jax.grad(loss_fn, has_aux=True)
-        grads, (parts, logits, feats, new_stats) = grad_fn(state.params, state, batch, dropout_rng)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (parts, logits, feats, new_stats)), grads = grad_fn(
+            state.params, state, batch, dropout_rng
+        )
         if axis_name is not None:
             grads = lax.pmean(grads, axis_name)
             new_stats = lax.pmean(new_stats, axis_name)
@@ -180,7 +183,7 @@ def make_train_step(
             opt_state=opt_state,
         )
         metrics = {
-            "loss": parts["base_risk"] + parts["alpha"] * parts["penalty"],
+            "loss": loss,
             "base_risk": parts["base_risk"],
             "penalty": parts["penalty"],
             "alpha": parts["alpha"],
