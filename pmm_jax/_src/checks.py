@@ -23,8 +23,18 @@ import numpy as np
 from jax.experimental import checkify
 
 
-def _dtype_of(x) -> np.dtype:
-    return np.dtype(jnp.result_type(x))
+def _dtype_of(x, name: str = "input") -> np.dtype:
+    try:
+        return np.dtype(jnp.result_type(x))
+    except (TypeError, ValueError):
+        pass
+    try:  # Python lists and tuples: the dtype numpy would give them
+        return np.asarray(x).dtype
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"`{name}` must be an array (jax or numpy) or a nested list of numbers of one "
+            f"shape; got {type(x).__name__} that cannot be converted ({e})."
+        ) from None
 
 
 def _shape_of(x) -> tuple[int, ...]:
@@ -33,19 +43,21 @@ def _shape_of(x) -> tuple[int, ...]:
 
 def check_floating(name: str, x) -> None:
     """Raises ``TypeError`` unless ``x`` has a floating dtype."""
-    if not jnp.issubdtype(_dtype_of(x), jnp.floating):
+    dtype = _dtype_of(x, name)
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"`{name}` must have a floating dtype (float32, bfloat16, float16, ...); "
-            f"got {_dtype_of(x)} with shape {_shape_of(x)}."
+            f"got {dtype} with shape {_shape_of(x)}."
         )
 
 
 def check_integer(name: str, x) -> None:
     """Raises ``TypeError`` unless ``x`` has an integer dtype."""
-    if not jnp.issubdtype(_dtype_of(x), jnp.integer):
+    dtype = _dtype_of(x, name)
+    if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(
             f"`{name}` must hold integer class indices (int32/int64); got dtype "
-            f"{_dtype_of(x)} with shape {_shape_of(x)}. One-hot labels are not accepted: "
+            f"{dtype} with shape {_shape_of(x)}. One-hot labels are not accepted: "
             "pass `labels.argmax(-1)`."
         )
 
@@ -111,10 +123,10 @@ def check_where(where, batch: int) -> None:
     """Checks the optional mask ``where: bool[B]``."""
     if where is None:
         return
-    if _dtype_of(where) != np.bool_:
+    if _dtype_of(where, "where") != np.bool_:
         raise TypeError(
             f"`where` must be a boolean mask of shape ({batch},) (True = real example); got "
-            f"dtype {_dtype_of(where)} with shape {_shape_of(where)}."
+            f"dtype {_dtype_of(where, 'where')} with shape {_shape_of(where)}."
         )
     if _shape_of(where) != (batch,):
         raise ValueError(
@@ -163,6 +175,8 @@ def validate_batch(logits, labels, *, features=None, kernel=None, where=None) ->
         dim = check_features(features, batch)
     if kernel is not None:
         check_kernel(kernel, dim, k)
+    if batch == 0:
+        return  # an empty batch has no values to check
     mask = jnp.ones((batch,), bool) if where is None else jnp.asarray(where)
     labels = jnp.asarray(labels)
     bad = mask & ((labels < 0) | (labels >= k))

@@ -118,9 +118,10 @@ def _radius_sq(features: Array, mask: Array | None, axis_name) -> Array:
 
 
 def _safe_sqrt(x: Array) -> Array:
-    """``sqrt`` with a zero (not NaN) gradient at 0."""
+    """``sqrt`` with a zero (not NaN) gradient at 0; NaN stays NaN (a fault shows)."""
     positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    rest = jnp.where(jnp.isnan(x), x, jnp.zeros_like(x))
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), rest)
 
 
 def feature_radius(features: Array, *, where: Array | None = None, axis_name=None) -> Array:
@@ -434,7 +435,10 @@ def _pairwise_margins(logits, labels, kernel, *, radius=None, where=None, pair=N
     denom = _safe_sqrt(sq_dist)
     if radius is not None:
         denom = denom * jnp.asarray(radius, denom.dtype)
+    gap = s_y - s_m
     ok = denom > 0
-    if where is not None:
-        ok = ok & where
-    return jnp.where(ok, (s_y - s_m) / jnp.where(ok, denom, 1.0), 0.0)
+    # No boundary (w_y = w_m) or a zero radius gives 0; NaN inputs give NaN, so that
+    # a fault is not hidden behind a plausible margin.
+    out = jnp.where(ok, gap / jnp.where(ok, denom, 1.0), jnp.where(jnp.isnan(denom), denom, 0.0))
+    out = jnp.where(jnp.isnan(gap), gap, out)
+    return out if where is None else jnp.where(where, out, 0.0)

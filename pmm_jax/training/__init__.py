@@ -1,8 +1,11 @@
 """Training with PMM: train state, train/eval steps, data parallelism, checkpoints.
 
-Needs Flax and orbax-checkpoint (``pip install "pmm_jax[experiments]"``);
+Needs Flax and orbax-checkpoint (``pip install "pmm_jax[training]"``);
 ``import pmm_jax`` alone does not import this package.
 """
+
+# First: a clear ImportError naming the extra when Flax or orbax is missing.
+from pmm_jax.training import _deps  # noqa: F401, I001
 
 from pmm_jax.training.adapters import with_pre_logits
 from pmm_jax.training.checkpoint import CheckpointCorruptWarning, Checkpointer

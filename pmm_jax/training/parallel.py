@@ -92,21 +92,38 @@ def shard_batch_on_mesh(local_batch, mesh: Mesh, axis_name: str = DATA_AXIS):
     num_devices = mesh.shape[axis_name]
     procs = jax.process_count()
 
-    def put(x):
-        x = np.asarray(x)
+    def put(path, x):
+        x = _batched_leaf(path, x)
         global_shape = (x.shape[0] * procs, *x.shape[1:])
         check_divisible(global_shape[0], num_devices)
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
-    return jax.tree.map(put, local_batch)
+    return jax.tree_util.tree_map_with_path(put, local_batch)
+
+
+_UNKNOWN = object()
+
+
+def _built_axis_name(step: Callable):
+    """The ``axis_name`` a ``make_train_step``/``make_eval_step`` step was built with."""
+    return getattr(step, "axis_name", _UNKNOWN)
 
 
 def jit_sharded(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
     """Jits ``step(state, batch)`` for a replicated state and a ``P("data")`` batch.
 
     Outputs (new state, metrics) are replicated. The state's buffers are donated
-    (``donate_argnums=0``) unless ``donate=False``.
+    (``donate_argnums=0``) unless ``donate=False``. A step from
+    :func:`make_train_step` must have been built with ``axis_name=None`` (the batch
+    is global inside a sharded ``jit``); one built for ``pmap`` is refused.
     """
+    built = _built_axis_name(step)
+    if built is not _UNKNOWN and built is not None:
+        raise ValueError(
+            f"This step was built with axis_name={built!r} (for pmap / shard_map); under "
+            "jit_sharded the batch is global and there is no mapped axis. Build it with "
+            "make_train_step(..., axis_name=None), or use pmap_step."
+        )
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P(mesh.axis_names[0]))
     return jax.jit(
@@ -118,7 +135,21 @@ def jit_sharded(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
 
 
 def pmap_step(step: Callable, *, axis_name: str = "batch", donate: bool = True) -> Callable:
-    """``jax.pmap`` of ``step(state, batch)``; the state replicated, the batch split."""
+    """``jax.pmap`` of ``step(state, batch)``; the state replicated, the batch split.
+
+    A step from :func:`make_train_step` / :func:`make_eval_step` must have been built
+    with the same ``axis_name``: without it every replica would use its own radius
+    and its own gradients and the replicas would drift apart, silently. That is
+    refused here, with the fix in the message.
+    """
+    built = _built_axis_name(step)
+    if built is not _UNKNOWN and built != axis_name:
+        raise ValueError(
+            f"pmap_step(axis_name={axis_name!r}) got a step built with axis_name={built!r}: "
+            "the radius would be per device and the gradients not averaged, so the "
+            "replicas would diverge. Build it with "
+            f"make_train_step(..., axis_name={axis_name!r})."
+        )
     return jax.pmap(step, axis_name=axis_name, donate_argnums=(0,) if donate else ())
 
 
@@ -137,9 +168,21 @@ def split_for_devices(local_batch, num_devices: int | None = None):
     """``[b, ...] -> [num_devices, b // num_devices, ...]`` for ``pmap``."""
     n = jax.local_device_count() if num_devices is None else num_devices
 
-    def split(x):
-        x = np.asarray(x)
+    def split(path, x):
+        x = _batched_leaf(path, x)
         check_divisible(x.shape[0], n, what="host-local batch")
         return x.reshape(n, x.shape[0] // n, *x.shape[1:])
 
-    return jax.tree.map(split, local_batch)
+    return jax.tree_util.tree_map_with_path(split, local_batch)
+
+
+def _batched_leaf(path, x) -> np.ndarray:
+    """``x`` as an array with a leading batch axis; a clear error for a scalar leaf."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        raise ValueError(
+            f"Batch leaf {jax.tree_util.keystr(path) or '(root)'} is a scalar ({x!r}); every "
+            "leaf of a batch needs a leading batch axis. Keep per-batch constants out of the "
+            "batch (close over them), or give them one row per example."
+        )
+    return x

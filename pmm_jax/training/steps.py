@@ -198,6 +198,9 @@ def make_train_step(
         metrics["nonfinite_steps"] = opt_state.total_notfinite.astype(jnp.float32)
         return new_state, metrics
 
+    # What the step was built for, so that pmap_step / jit_sharded can refuse a
+    # mismatch (a pmap step without axis_name trains each replica on its own).
+    train_step.axis_name = axis_name
     return train_step
 
 
@@ -269,4 +272,5 @@ def make_eval_step(
             "pre_logits": feats.astype(jnp.float32),
         }
 
+    eval_step.axis_name = axis_name
     return eval_step
