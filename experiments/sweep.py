@@ -123,50 +123,103 @@ def run_sweep(config, workdir: str) -> dict:
     return out
 
 
+# (family, label) of the swept PMM curves, per panel: cross-entropy, then hinge.
+_PANELS = (
+    (
+        "cross-entropy",
+        (
+            ("pmm_linear", "PMM, linear ramp (α_end)"),
+            ("pmm_constant", "PMM, constant α"),
+            ("weight_decay_pmm_linear", "weight decay + PMM, linear ramp"),
+        ),
+        (
+            ("baseline", "no regularization"),
+            ("weight_decay", "best weight decay ({value:g})"),
+            ("pmm_paper", "paper's schedule, official reduction"),
+        ),
+    ),
+    (
+        "multiclass hinge",
+        (("pmm_hinge_linear", "PMM + hinge loss, linear ramp"),),
+        (("hinge_baseline", "hinge loss alone"),),
+    ),
+)
+_LINE_STYLES = {
+    "baseline": dict(color="k", lw=1),
+    "hinge_baseline": dict(color="k", lw=1),
+    "weight_decay": dict(color="tab:gray", ls=":"),
+    "pmm_paper": dict(color="tab:red", ls="--"),
+}
+
+
 def plot_sweep(rows, path: str) -> None:
+    """Validation accuracy vs alpha: one panel per base loss, reference lines.
+
+    The cross-entropy panel zooms on the useful range; points below it are listed
+    in a corner with their value.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for family, label in (
-        ("pmm_linear", "PMM, linear ramp (α_end)"),
-        ("pmm_constant", "PMM, constant α"),
-        ("weight_decay_pmm_linear", "weight decay + PMM, linear ramp"),
-        ("pmm_hinge_linear", "PMM + hinge loss, linear ramp"),
-    ):
-        pts = sorted((r for r in rows if r["family"] == family), key=lambda r: r["value"])
-        if pts:
+    panels = [p for p in _PANELS if any(r["family"] == f for f, _ in p[1] for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (title, curves, lines) in zip(axes[0], panels, strict=True):
+        means = []
+        for family, label in curves:
+            pts = sorted((r for r in rows if r["family"] == family), key=lambda r: r["value"])
+            if not pts:
+                continue
+            ys = [100 * r["val_accuracy_mean"] for r in pts]
+            means += ys
             ax.errorbar(
                 [r["value"] for r in pts],
-                [100 * r["val_accuracy_mean"] for r in pts],
+                ys,
                 yerr=[100 * r["val_accuracy_std"] for r in pts],
                 marker="o",
                 capsize=3,
                 label=label,
             )
-    # Single reference points as horizontal lines (their x is not an alpha of this
-    # convention): no regularization, the best weight decay, the paper's schedule.
-    for family, label, style in (
-        ("baseline", "no regularization", dict(color="k", lw=1)),
-        ("weight_decay", "best weight decay ({value:g})", dict(color="tab:gray", ls=":")),
-        ("pmm_paper", "paper's schedule, official reduction", dict(color="tab:red", ls="--")),
-    ):
-        pts = [r for r in rows if r["family"] == family]
-        if not pts:
-            continue
-        best = max(pts, key=lambda r: r["val_accuracy_mean"])
-        m, s = 100 * best["val_accuracy_mean"], 100 * best["val_accuracy_std"]
-        ax.axhline(m, label=label.format(value=best["value"]), **style)
-        if family == "baseline":
-            ax.axhspan(m - s, m + s, color="k", alpha=0.1)
-    ax.set_xscale("log")
-    ax.set_xlabel('alpha, penalty_reduction="mean" (end of the ramp / constant value)')
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("PMM strength sweep (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        # Single reference points as horizontal lines (their x is not an alpha of
+        # this convention).
+        for family, label in lines:
+            pts = [r for r in rows if r["family"] == family]
+            if not pts:
+                continue
+            best = max(pts, key=lambda r: r["val_accuracy_mean"])
+            m, sd = 100 * best["val_accuracy_mean"], 100 * best["val_accuracy_std"]
+            means.append(m)
+            ax.axhline(m, label=label.format(value=best["value"]), **_LINE_STYLES[family])
+            if family.endswith("baseline"):
+                ax.axhspan(m - sd, m + sd, color="k", alpha=0.08)
+        if title == "cross-entropy" and means:
+            top = max(means)
+            bottom = max(min(means) - 2, top - 10)
+            ax.set_ylim(bottom, top + 2)
+            below = [
+                f"{label} at {r['value']:g}: {100 * r['val_accuracy_mean']:.0f}%"
+                for family, label in curves
+                for r in rows
+                if r["family"] == family and 100 * r["val_accuracy_mean"] < bottom
+            ]
+            if below:
+                ax.text(
+                    0.99,
+                    0.02,
+                    "below the axis:\n" + "\n".join(below),
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="bottom",
+                    fontsize=7,
+                    bbox=dict(facecolor="white", alpha=0.8, lw=0),
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel('alpha, penalty_reduction="mean" (end of the ramp / constant value)')
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"{title}: mean ± std over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

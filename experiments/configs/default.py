@@ -65,13 +65,17 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Chosen by `python -m experiments.sweep` (best mean validation accuracy over 3
-# seeds, validation = the last 500 training examples; see README "Choosing
-# alpha"). PMM alphas are in the default convention, penalty_reduction="mean".
-# Linear ramps go alpha_end / 100 -> alpha_end (the ratio of the paper's 1e-5 -> 1e-3).
-PMM_ALPHA_END = 1e-4
-WEIGHT_DECAY_PMM_ALPHA_END = 1e-4
-PMM_HINGE_ALPHA_END = 1e-5
-WEIGHT_DECAY = 1e-4
+# seeds, validation = the last 500 training examples; run of 2026-11-29, see
+# README "Choosing alpha" and docs/sweep_mnist1d.json). PMM alphas are in the
+# default convention, penalty_reduction="mean". Linear ramps go
+# alpha_end / 100 -> alpha_end (the ratio of the paper's 1e-5 -> 1e-3).
+# Selected: PMM ramp to 1e-3 (95.73 +- 0.64 %), weight decay 1e-3 (94.27 +- 0.61),
+# weight decay 1e-3 + PMM ramp to 1e-5 (95.93 +- 0.50), dropout 0.5 (94.93 +- 0.50),
+# PMM + hinge ramp to 1e-3 (85.00 +- 11.76: unstable); no regularization 91.20 +- 0.72.
+PMM_ALPHA_END = 1e-3
+WEIGHT_DECAY_PMM_ALPHA_END = 1e-5
+PMM_HINGE_ALPHA_END = 1e-3
+WEIGHT_DECAY = 1e-3
 DROPOUT = 0.5
 # The paper's own CIFAR schedule as the authors ran it (not tuned here): the
 # official per-epoch ramp 1e-5 -> 1e-3 with their reduction, r^2 (mean ||w_y - w_m||)^2.
