@@ -13,7 +13,8 @@ or many devices and hosts.
 Everything is resumable: checkpoints every ``checkpoint_every_steps`` (orbax),
 metric logs truncated back to the restored step (and repaired if a crash tore
 them, ``experiments/metrics_log.py``), and a finished method is not run again
-(its ``result.json`` is read back).
+(its ``result.json`` is read back). One run at a time per workdir: a second one
+stops at once (``experiments/workdir_lock.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from experiments.data.base import Dataset, sample_input
 from experiments.data.registry import get_dataset
 from experiments.metrics_log import MetricsLog, best_from_curves, progress
 from experiments.models import get_model
+from experiments.workdir_lock import workdir_lock
 from pmm_jax import training
 
 
@@ -448,13 +450,20 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains every method of ``config`` and writes ``summary.json`` + plots to ``workdir``."""
+    """Trains every method of ``config`` and writes ``summary.json`` + plots to ``workdir``.
+
+    Raises:
+      WorkdirLocked: another run is using ``workdir`` (checked first, before
+        anything is loaded or written).
+    """
     from experiments import report
 
     os.makedirs(workdir, exist_ok=True)
-    config = resolve_pretrained(config)
-    dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
-    results = {}
-    for name, method_config in expand_methods(config).items():
-        results[name] = train_method(method_config, dataset, os.path.join(workdir, name), name=name)
-    return report.write_summary(config, dataset.name, results, workdir)
+    with workdir_lock(workdir):
+        config = resolve_pretrained(config)
+        dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
+        results = {}
+        for name, method_config in expand_methods(config).items():
+            method_dir = os.path.join(workdir, name)
+            results[name] = train_method(method_config, dataset, method_dir, name=name)
+        return report.write_summary(config, dataset.name, results, workdir)
