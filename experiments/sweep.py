@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from experiments.configs.default import PAPER_RAMP, PAPER_SCHEDULE
 from experiments.data.registry import get_dataset
 from experiments.trainer import merge, train_method
+from experiments.workdir_lock import WorkdirLocked, workdir_lock
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
@@ -73,6 +74,12 @@ def grid_points(config) -> list[tuple[str, float, dict]]:
 
 
 def run_sweep(config, workdir: str) -> dict:
+    """Trains every point of the sweep into ``workdir`` (locked for the whole sweep)."""
+    with workdir_lock(workdir):
+        return _run_sweep(config, workdir)
+
+
+def _run_sweep(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     dataset = get_dataset(config.dataset, **config.dataset_kwargs)
     if "validation" not in dataset.eval_splits:
@@ -232,7 +239,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
-    run_sweep(FLAGS.config, FLAGS.workdir)
+    try:
+        run_sweep(FLAGS.config, FLAGS.workdir)
+    except WorkdirLocked as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

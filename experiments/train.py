@@ -40,8 +40,12 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (where checkpoints, logs and results go).")
     from experiments.trainer import train_and_evaluate
+    from experiments.workdir_lock import WorkdirLocked
 
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except WorkdirLocked as e:  # a message, not a traceback: nothing went wrong here
+        raise SystemExit(f"error: {e}") from None
 
 
 def run():

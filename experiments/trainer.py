@@ -11,8 +11,10 @@ its batch axis), the state replicated, so the same code runs on one CPU, a GPU,
 or many devices and hosts.
 
 Everything is resumable: checkpoints every ``checkpoint_every_steps`` (orbax),
-metric logs truncated back to the restored step, and a finished method is not
-run again (its ``result.json`` is read back).
+metric logs truncated back to the restored step (and repaired if a crash tore
+them, ``experiments/metrics_log.py``), and a finished method is not run again
+(its ``result.json`` is read back). One run at a time per workdir: a second one
+stops at once (``experiments/workdir_lock.py``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from jax.sharding import PartitionSpec as P
 from experiments import optim
 from experiments.data.base import Dataset, sample_input
 from experiments.data.registry import get_dataset
-from experiments.metrics_log import MetricsLog, progress
+from experiments.metrics_log import MetricsLog, best_from_curves, progress
 from experiments.models import get_model
+from experiments.workdir_lock import workdir_lock
 from pmm_jax import training
 
 
@@ -324,8 +327,14 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
         runner.state = restored
     start = int(np.asarray(_to_host(runner.state.step))[0])
     log = MetricsLog(workdir, start_step=start)
-    curves = log.curves()
+    curves = log.curves()  # live: log.write(..., curve_point=...) appends to it
     elapsed = log.meta.get("wall_time_s", 0.0)
+    split = config.eval_split
+    if best_ckpt is not None and "best_acc" not in log.meta:
+        # meta.json was lost: the best evaluation so far is the curves' best.
+        best = best_from_curves(curves, f"{split}_accuracy")
+        if best is not None:
+            log.set_meta(best_acc=best[0], best_step=best[1])
     if start:
         print(f"[{name}] resuming at step {start}/{total}", flush=True)
 
@@ -335,7 +344,6 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
         )
         for seed in runner.seeds
     ]
-    split = config.eval_split
     t0 = time.perf_counter()
     bar = progress(total=total, initial=start, desc=name)
     step = start
@@ -354,19 +362,22 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
                 for key in window[0]
             }
             window = []
-            log.write(step, {f"train/{key}": v for key, v in train.items()})
+            log.write(
+                step,
+                {f"train/{key}": v for key, v in train.items()},
+                wall_time_s=elapsed + time.perf_counter() - t0,
+            )
             bar.set_postfix(loss=f"{train['loss']:.3f}", acc=f"{train['accuracy']:.3f}")
         if step % every["eval"] == 0 or step == total:
             ev = runner.evaluate(split)
-            curves.setdefault("step", []).append(step)
-            curves.setdefault(f"{split}_accuracy", []).append(ev["accuracy"].tolist())
             log.write(
                 step,
                 {
                     f"{split}/accuracy": float(ev["accuracy"].mean()),
                     f"{split}/margin_mean": float(ev["margin_mean"].mean()),
                 },
-                curves=curves,
+                curve_point={f"{split}_accuracy": ev["accuracy"].tolist()},
+                wall_time_s=elapsed + time.perf_counter() - t0,
             )
             if best_ckpt is not None and ev["accuracy"].mean() > log.meta.get("best_acc", -1.0):
                 best_ckpt.save(runner.state, force=True)
@@ -439,13 +450,20 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains every method of ``config`` and writes ``summary.json`` + plots to ``workdir``."""
+    """Trains every method of ``config`` and writes ``summary.json`` + plots to ``workdir``.
+
+    Raises:
+      WorkdirLocked: another run is using ``workdir`` (checked first, before
+        anything is loaded or written).
+    """
     from experiments import report
 
     os.makedirs(workdir, exist_ok=True)
-    config = resolve_pretrained(config)
-    dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
-    results = {}
-    for name, method_config in expand_methods(config).items():
-        results[name] = train_method(method_config, dataset, os.path.join(workdir, name), name=name)
-    return report.write_summary(config, dataset.name, results, workdir)
+    with workdir_lock(workdir):
+        config = resolve_pretrained(config)
+        dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
+        results = {}
+        for name, method_config in expand_methods(config).items():
+            method_dir = os.path.join(workdir, name)
+            results[name] = train_method(method_config, dataset, method_dir, name=name)
+        return report.write_summary(config, dataset.name, results, workdir)
