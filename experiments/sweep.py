@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import config_check
 from experiments.configs.default import PAPER_RAMP, PAPER_SCHEDULE
 from experiments.data.registry import get_dataset
 from experiments.trainer import merge, train_method
@@ -72,20 +74,33 @@ def grid_points(config) -> list[tuple[str, float, dict]]:
     return points
 
 
-def run_sweep(config, workdir: str) -> dict:
+def run_sweep(config, workdir: str, *, overrides: dict | None = None) -> dict:
+    """Trains every grid point of ``config.sweep`` and writes ``sweep.json`` and the plot.
+
+    Every point's config is checked before the data is read and again with the
+    dataset's size and splits (``experiments/config_check.py``); ``overrides`` (the
+    command line's ``--config.*``) that a point would shadow are refused.
+    """
+    config_check.validate(config)  # the grid (config.sweep) and the base fields
+    base = merge(config, {})
+    with base.unlocked():
+        del base["sweep"]
+    points = {
+        f"{family}_{value:g}": (family, value, point)
+        for family, value, point in grid_points(config)
+    }
+    grid = {name: point for name, (_, _, point) in points.items()}
+    config_check.validate(base, methods=grid, overrides=overrides, sweep=True)
     os.makedirs(workdir, exist_ok=True)
     dataset = get_dataset(config.dataset, **config.dataset_kwargs)
     if "validation" not in dataset.eval_splits:
         raise ValueError("The sweep selects on a validation split; the dataset has none.")
-    base = merge(config, {})
-    with base.unlocked():
-        del base["sweep"]
+    config_check.validate(
+        base, methods=grid, num_train=dataset.num_train, eval_splits=dataset.eval_splits
+    )
     rows = []
-    for family, value, overrides in grid_points(config):
-        name = f"{family}_{value:g}"
-        result = train_method(
-            merge(base, overrides), dataset, os.path.join(workdir, name), name=name
-        )
+    for name, (family, value, point) in points.items():
+        result = train_method(merge(base, point), dataset, os.path.join(workdir, name), name=name)
         acc = np.asarray(result.test_accuracy)  # final_split="validation": validation accuracy
         rows.append(
             {
@@ -179,8 +194,21 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
-    run_sweep(FLAGS.config, FLAGS.workdir)
+    try:
+        overrides = config_flags.get_override_values(FLAGS["config"])
+        run_sweep(FLAGS.config, FLAGS.workdir, overrides=overrides)
+    except config_check.ConfigError as e:
+        print(f"experiments.sweep: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run():
+    unknown = config_check.check_argv(sys.argv, os.path.join(CONFIG_DIR, "sweep_mnist1d.py"))
+    if unknown:  # one line each, not ml_collections' chained tracebacks
+        print("experiments.sweep: error: " + "\n".join(unknown), file=sys.stderr, flush=True)
+        sys.exit(2)
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

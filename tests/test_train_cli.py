@@ -110,10 +110,8 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
-    config = _local()
+    config = trainer.select_methods(_local(), ["pmm"])
     with config.unlocked():
-        config.methods = {"pmm": config.methods.pmm}
-        config.method_order = ()
         config.tsne = False
     full = train_and_evaluate(config, str(tmp_path / "full"))
 
