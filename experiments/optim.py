@@ -11,6 +11,12 @@ BASE_LOSSES = {
     "cross_entropy": optax.losses.softmax_cross_entropy_with_integer_labels,
     "hinge": optax.losses.multiclass_hinge_loss,
 }
+# The names each config field accepts (experiments/config_check.py checks them all
+# before training; the errors below are a second line for code that skips it).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "step", "cosine", "linear")
+ALPHA_SCHEDULES = ("none", "constant", "linear", "epoch_linear")
+WEIGHT_DECAY_MASKS = ("all", "kernels")
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
@@ -32,7 +38,7 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> op
     elif kind == "linear":
         schedule = optax.linear_schedule(lr, 0.0, total_steps)
     else:
-        raise ValueError(f"Unknown lr_schedule {kind!r}: constant, step, cosine or linear.")
+        raise ValueError(f"Unknown lr_schedule {kind!r}; known: {', '.join(LR_SCHEDULES)}.")
     warmup = config.get("warmup_steps", 0) or int(config.get("warmup_epochs", 0) * steps_per_epoch)
     if warmup:
         schedule = optax.join_schedules(
@@ -53,7 +59,12 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.Grad
     name = config.optimizer
     wd = config.get("weight_decay", 0.0)
     mask = None
-    if config.get("weight_decay_mask", "all") == "kernels":
+    mask_name = config.get("weight_decay_mask", "all")
+    if mask_name not in WEIGHT_DECAY_MASKS:
+        raise ValueError(
+            f"Unknown weight_decay_mask {mask_name!r}; known: {', '.join(WEIGHT_DECAY_MASKS)}."
+        )
+    if mask_name == "kernels":
         mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     if name == "adamw":
         return optax.adamw(lr, weight_decay=wd, mask=mask)
@@ -64,7 +75,7 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.Grad
     elif name == "adam":
         opt = optax.adam(lr)
     else:
-        raise ValueError(f"Unknown optimizer {name!r}: sgd, adam or adamw.")
+        raise ValueError(f"Unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}.")
     if wd:
         opt = optax.chain(optax.add_decayed_weights(wd, mask=mask), opt)
     return opt
@@ -93,7 +104,7 @@ def make_alpha(pmm_config, steps_per_epoch: int, total_steps: int):
             steps_per_epoch=steps_per_epoch,
             num_epochs=max(1, total_steps // steps_per_epoch),
         )
-    raise ValueError(f"Unknown alpha_schedule {kind!r}: none, constant, linear, epoch_linear.")
+    raise ValueError(f"Unknown alpha_schedule {kind!r}; known: {', '.join(ALPHA_SCHEDULES)}.")
 
 
 def base_loss(pmm_config):

@@ -95,7 +95,11 @@ DEFAULT_PAIRS = (("pmm", "weight_decay"), ("pmm", "dropout"))
 
 
 def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dict:
-    """Prints the table and paired comparisons; writes summary.json and the plots."""
+    """Prints the table and paired comparisons; writes summary.json and the plots.
+
+    ``summary.json`` holds ``base_config`` (``config`` as given, before each method's
+    overrides) and, per method, ``extra["config"]``: the config that method trained with.
+    """
     methods = {name: r.to_json() for name, r in results.items()}
     for m in methods.values():
         m["test_accuracy_mean"], m["test_accuracy_std"] = _mean_std(m["test_accuracy"])
@@ -121,7 +125,9 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
         "comparisons_vs_baseline": comparisons,
         "paired": paired,
         "pmm_vs": pmm_vs,  # the same comparisons keyed by the other method
-        "config": config.to_dict(),
+        # The config as given, before each method's overrides; what each method trained
+        # with is methods[NAME]["extra"]["config"] (and NAME/config.json).
+        "base_config": config.to_dict(),
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import config_check
 from experiments.configs.default import PAPER_RAMP, PAPER_SCHEDULE
 from experiments.data.registry import get_dataset
 from experiments.trainer import merge, train_method
@@ -73,26 +75,40 @@ def grid_points(config) -> list[tuple[str, float, dict]]:
     return points
 
 
-def run_sweep(config, workdir: str) -> dict:
-    """Trains every point of the sweep into ``workdir`` (locked for the whole sweep)."""
+def run_sweep(config, workdir: str, *, overrides: dict | None = None) -> dict:
+    """Trains every grid point of ``config.sweep`` and writes ``sweep.json`` and the plot.
+
+    Every point's config is checked before the data is read and again with the
+    dataset's size and splits (``experiments/config_check.py``); ``overrides`` (the
+    command line's ``--config.*``) that a point would shadow are refused. The
+    workdir is locked for the whole sweep (one run per workdir).
+    """
+    config_check.validate(config)  # the grid (config.sweep) and the base fields
+    base = merge(config, {})
+    with base.unlocked():
+        del base["sweep"]
+    points = {
+        f"{family}_{value:g}": (family, value, point)
+        for family, value, point in grid_points(config)
+    }
+    grid = {name: point for name, (_, _, point) in points.items()}
+    config_check.validate(base, methods=grid, overrides=overrides, sweep=True)
     with workdir_lock(workdir):
-        return _run_sweep(config, workdir)
+        return _run_points(config, base, points, workdir)
 
 
-def _run_sweep(config, workdir: str) -> dict:
+def _run_points(config, base, points: dict, workdir: str) -> dict:
+    grid = {name: point for name, (_, _, point) in points.items()}
     os.makedirs(workdir, exist_ok=True)
     dataset = get_dataset(config.dataset, **config.dataset_kwargs)
     if "validation" not in dataset.eval_splits:
         raise ValueError("The sweep selects on a validation split; the dataset has none.")
-    base = merge(config, {})
-    with base.unlocked():
-        del base["sweep"]
+    config_check.validate(
+        base, methods=grid, num_train=dataset.num_train, eval_splits=dataset.eval_splits
+    )
     rows = []
-    for family, value, overrides in grid_points(config):
-        name = f"{family}_{value:g}"
-        result = train_method(
-            merge(base, overrides), dataset, os.path.join(workdir, name), name=name
-        )
+    for name, (family, value, point) in points.items():
+        result = train_method(merge(base, point), dataset, os.path.join(workdir, name), name=name)
         acc = np.asarray(result.test_accuracy)  # final_split="validation": validation accuracy
         rows.append(
             {
@@ -240,10 +256,20 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
     try:
-        run_sweep(FLAGS.config, FLAGS.workdir)
-    except WorkdirLocked as e:
-        raise SystemExit(f"error: {e}") from None
+        overrides = config_flags.get_override_values(FLAGS["config"])
+        run_sweep(FLAGS.config, FLAGS.workdir, overrides=overrides)
+    except (config_check.ConfigError, WorkdirLocked) as e:
+        print(f"experiments.sweep: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run():
+    unknown = config_check.check_argv(sys.argv, os.path.join(CONFIG_DIR, "sweep_mnist1d.py"))
+    if unknown:  # one line each, not ml_collections' chained tracebacks
+        print("experiments.sweep: error: " + "\n".join(unknown), file=sys.stderr, flush=True)
+        sys.exit(2)
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,9 +1,30 @@
 """Train and evaluate: ``python -m experiments.train --workdir DIR [--config FILE[:variant]]``.
 
 With no ``--config`` it runs the main job (``experiments/configs/default.py``):
-MNIST-1D, baseline vs weight decay vs dropout vs PMM over several seeds. Any
-config field can be overridden, e.g. ``--config.seeds='(0,1,2)'``
-``--config.num_train_steps=2000``. ``--list-configs`` lists every config.
+MNIST-1D, baseline vs weight decay vs dropout vs PMM over several seeds.
+``--methods=baseline,pmm`` trains only those methods of the config.
+``--list-configs`` lists every config.
+
+Overrides: any field of the config can be changed on the command line, e.g.
+``--config.seeds='(0,1,2)'`` ``--config.num_train_steps=2000``. In a config with
+methods (each a set of overrides of the base fields, ``config.methods``):
+
+* ``--config.FIELD=V`` changes the base value, which reaches every method that
+  does not set ``FIELD`` itself. Where a method sets ``FIELD`` to another value,
+  the override would not reach it, so the run is refused, naming the spelling
+  that does: ``--config.methods.NAME.FIELD=V`` (or leave that method out with
+  ``--methods``).
+* ``--config.methods.NAME.FIELD=V`` changes what method ``NAME`` sets (only
+  fields it sets; for others, the base value above with ``--methods=NAME``).
+
+Before anything trains, every field of every method's effective config is
+checked (``experiments/config_check.py``): one error lists every problem, each
+naming the field (``methods.NAME.FIELD`` where a method sets it), its value and
+what is allowed, and the command exits with status 2. An unknown
+``--config.FIELD`` gets one line with the closest known fields. Each method's
+``config.json`` (and ``extra.config`` in ``summary.json``) is the config it
+trained with; the summary's ``base_config`` is the config before the methods'
+overrides.
 """
 
 from __future__ import annotations
@@ -19,6 +40,11 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, summary and plots.")
 flags.DEFINE_bool("list_configs", False, "List the configs (name, model, dataset, params).")
+flags.DEFINE_list(
+    "methods",
+    None,
+    "Train only these methods of the config (comma-separated names, e.g. baseline,pmm).",
+)
 config_flags.DEFINE_config_file(
     "config",
     os.path.join(CONFIG_DIR, "default.py"),
@@ -39,13 +65,24 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (where checkpoints, logs and results go).")
-    from experiments.trainer import train_and_evaluate
+    from experiments.config_check import ConfigError
+    from experiments.trainer import select_methods, train_and_evaluate
     from experiments.workdir_lock import WorkdirLocked
 
+    config = FLAGS.config
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except WorkdirLocked as e:  # a message, not a traceback: nothing went wrong here
-        raise SystemExit(f"error: {e}") from None
+        if FLAGS.methods is not None:
+            config = select_methods(config, FLAGS.methods)
+        overrides = config_flags.get_override_values(FLAGS["config"])
+        train_and_evaluate(config, FLAGS.workdir, overrides=overrides)
+    except (ConfigError, WorkdirLocked) as e:  # a message, not a traceback
+        fail(str(e))
+
+
+def fail(message: str) -> None:
+    """Prints ``message`` (no traceback) and exits with status 2, as for a usage error."""
+    print(f"experiments.train: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def run():
@@ -54,6 +91,13 @@ def run():
     if any(a in ("-h", "--help") for a in argv[1:]):  # absl exits 1 on --help; we exit 0
         FLAGS(argv[:1])
         app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
+    # An unknown --config.FIELD: one line, before ml_collections fails with a bare
+    # AttributeError after several chained tracebacks.
+    from experiments.config_check import check_argv
+
+    unknown = check_argv(argv, os.path.join(CONFIG_DIR, "default.py"))
+    if unknown:
+        fail("\n".join(unknown))
     app.run(main, argv=argv)
 
 

@@ -36,7 +36,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import optim
+from experiments import config_check, optim
 from experiments.data.base import Dataset, sample_input
 from experiments.data.registry import get_dataset
 from experiments.metrics_log import MetricsLog, best_from_curves, progress
@@ -68,9 +68,62 @@ def expand_methods(config: ml_collections.ConfigDict) -> dict[str, ml_collection
         base.method_order = ()
     if not methods:
         return {config.get("name", "run"): base}
+    return {name: merge(base, methods[name]) for name in expand_order(config)}
+
+
+def select_methods(config: ml_collections.ConfigDict, names) -> ml_collections.ConfigDict:
+    """``config`` with only the methods ``names`` (``--methods=baseline,pmm``), in its order.
+
+    Raises:
+      config_check.ConfigError: a name that is not a method of ``config`` (or it has none).
+    """
+    methods = config.get("methods") or {}
+    names = list(dict.fromkeys(names))
+    problems = []
+    if not methods:
+        problems.append(
+            config_check.Problem(
+                "--methods",
+                ",".join(names),
+                f"config {config.get('name', '')!r} has no methods (it is one run); drop --methods",
+            )
+        )
+    elif not names:
+        problems.append(
+            config_check.Problem(
+                "--methods", "", "names no method; its methods: " + ", ".join(expand_order(config))
+            )
+        )
+    for name in names if methods else ():
+        if name not in methods:
+            close = config_check.closest(name, methods)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            problems.append(
+                config_check.Problem(
+                    "--methods",
+                    name,
+                    f"not a method of this config; {hint}its methods: "
+                    + ", ".join(expand_order(config)),
+                )
+            )
+    if problems:
+        raise config_check.ConfigError(problems, what="--methods")
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        out.methods = ml_collections.ConfigDict({n: methods[n] for n in names})
+        out.method_order = tuple(n for n in expand_order(config) if n in names)
+        if out.get("paired_comparisons"):
+            out.paired_comparisons = tuple(
+                tuple(p) for p in out.paired_comparisons if set(p) <= set(names)
+            )
+    return out
+
+
+def expand_order(config: ml_collections.ConfigDict) -> list[str]:
+    """The names of ``config``'s methods in the order they run: ``method_order``, then sorted."""
+    methods = config.get("methods") or {}
     order = list(config.get("method_order") or ())
-    names = [n for n in order if n in methods] + sorted(n for n in methods if n not in order)
-    return {name: merge(base, methods[name]) for name in names}
+    return [n for n in order if n in methods] + sorted(n for n in methods if n not in order)
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
@@ -449,19 +502,33 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
     return result
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, overrides: dict | None = None
+) -> dict:
     """Trains every method of ``config`` and writes ``summary.json`` + plots to ``workdir``.
 
+    Nothing trains unless every method's config is valid (``experiments/config_check.py``):
+    checked before the data is read, and again with the dataset's size and splits.
+
+    Args:
+      config: the config; its ``methods`` (if any) are trained one after the other.
+      workdir: where checkpoints, logs, the summary and plots go.
+      overrides: the command line's ``--config.*`` overrides (``{dotted path: value}``);
+        one that a method would shadow is refused.
+
     Raises:
-      WorkdirLocked: another run is using ``workdir`` (checked first, before
-        anything is loaded or written).
+      config_check.ConfigError: every problem of the config, before any training.
+      WorkdirLocked: another run is using ``workdir`` (checked before anything is
+        loaded or written).
     """
     from experiments import report
 
+    config_check.validate(config, overrides=overrides)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
         config = resolve_pretrained(config)
         dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
+        config_check.validate(config, num_train=dataset.num_train, eval_splits=dataset.eval_splits)
         results = {}
         for name, method_config in expand_methods(config).items():
             method_dir = os.path.join(workdir, name)

@@ -82,7 +82,7 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
         assert all(isinstance(a, float) and 0 <= a <= 1 for a in m["test_accuracy"])
         assert len(m["margin_mean"]) == 2 and len(m["margin_p10"]) == 2
         assert m["wall_time_s"] > 0
-    assert data["config"]["batch_size"] == 96
+    assert data["base_config"]["batch_size"] == 96
     comp = data["comparisons_vs_baseline"]["pmm"]
     assert len(comp["diff_per_seed"]) == 2 and "paired_t" in comp and "wilcoxon" in comp
     # The paper's setting, PMM on top of weight decay, against weight decay alone.
@@ -110,10 +110,8 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
-    config = _local()
+    config = trainer.select_methods(_local(), ["pmm"])
     with config.unlocked():
-        config.methods = {"pmm": config.methods.pmm}
-        config.method_order = ()
         config.tsne = False
     full = train_and_evaluate(config, str(tmp_path / "full"))
 

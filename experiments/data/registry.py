@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from experiments.data.base import Dataset
 
+# The names get_dataset accepts; "glue/<task>" stands for every GLUE task.
+DATASET_NAMES = ("mnist1d", "cifar10", "cifar100", "imagenet2012", "glue/<task>", "tweets")
+
+
+def is_dataset_name(name: str) -> bool:
+    """Whether ``get_dataset`` knows ``name`` (a GLUE task's name is checked when loading)."""
+    return name in DATASET_NAMES or (name.startswith("glue/") and len(name) > len("glue/"))
+
 
 def get_dataset(name: str, **kwargs) -> Dataset:
     """Builds the :class:`Dataset` registered under ``name``.
@@ -40,7 +48,4 @@ def get_dataset(name: str, **kwargs) -> Dataset:
                 "whose tokenizer to use, e.g. --config.dataset_kwargs.tokenizer=/path/to/minilm."
             )
         return tweets.get_dataset(**kwargs)
-    raise ValueError(
-        f"Unknown dataset {name!r}; known: mnist1d, cifar10, cifar100, imagenet2012, "
-        "glue/<task>, tweets."
-    )
+    raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}.")

@@ -36,6 +36,7 @@ _REGISTRY = {
     "mobilenet_v1": ("experiments.models.mobilenet", "MobileNetV1"),
     "bert": ("experiments.models.bert", "build_classifier"),
 }
+MODEL_NAMES = tuple(_REGISTRY)
 
 
 def get_model(name: str, **kwargs):
