@@ -74,18 +74,23 @@ def test_cli_override_that_a_method_shadows_is_refused_before_training(tmp_path)
     """Was: --config.pmm.alpha_end / --config.weight_decay trained with the methods' own
     values (pmm kept its alpha, weight_decay kept 1e-4) while summary.json recorded the
     overrides as used. Now: exit 2 at once, naming each method and the spelling that works."""
-    flags = ["--config.pmm.alpha_end=1e-3", "--config.weight_decay=0.5"]
+    flags = ["--config.pmm.alpha_end=0.5", "--config.weight_decay=0.5"]
     code, err, _ = _cli(tmp_path / "w", "--config", LOCAL, *flags)
     assert code == 2, err
     assert "Traceback" not in err and "nothing was trained" in err
-    for method in ("pmm", "weight_decay_pmm", "pmm_hinge"):
-        assert f"--config.methods.{method}.pmm.alpha_end=0.001" in err
+    for method in ("pmm", "weight_decay_pmm", "pmm_hinge", "pmm_paper"):
+        assert f"--config.methods.{method}.pmm.alpha_end=0.5" in err
     for method in ("weight_decay", "weight_decay_pmm"):
-        assert f"methods.{method}.weight_decay = 0.0001" in err
+        assert f"methods.{method}.weight_decay = {default.WEIGHT_DECAY}" in err
         assert f"--config.methods.{method}.weight_decay=0.5" in err
-    # The paper's ramp sets alpha_end 1e-3 itself: the same value shadows nothing.
-    assert "methods.pmm_paper.pmm.alpha_end" not in err
     assert _nothing_trained(tmp_path / "w")
+
+
+def test_override_equal_to_a_methods_own_value_shadows_nothing():
+    value = default.PMM_ALPHA_END  # what the pmm method sets itself
+    config = _local(**{"pmm.alpha_end": value})
+    chosen = trainer.select_methods(config, ["baseline", "pmm"])
+    assert check(chosen, overrides={"pmm.alpha_end": value}) == []
 
 
 def test_override_reaches_exactly_the_methods_that_do_not_set_the_field():
@@ -109,7 +114,7 @@ def test_override_reaches_exactly_the_methods_that_do_not_set_the_field():
     config.methods.weight_decay.weight_decay = 0.5
     assert check(config, overrides={"methods.weight_decay.weight_decay": 0.5}) == []
     assert trainer.expand_methods(config)["weight_decay"].weight_decay == 0.5
-    assert trainer.expand_methods(config)["weight_decay_pmm"].weight_decay == 1e-4
+    assert trainer.expand_methods(config)["weight_decay_pmm"].weight_decay == default.WEIGHT_DECAY
 
 
 def test_bogus_alpha_schedule_that_every_method_shadows_is_refused():
@@ -317,7 +322,7 @@ def test_config_json_and_summary_record_each_methods_effective_config(tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "config" not in summary and summary["base_config"]["weight_decay"] == 0.5
-    for name, want in (("baseline", 0.5), ("weight_decay", 1e-4)):
+    for name, want in (("baseline", 0.5), ("weight_decay", default.WEIGHT_DECAY)):
         saved = json.loads((tmp_path / name / "config.json").read_text())
         assert saved["weight_decay"] == want and saved["methods"] == {}
         assert summary["methods"][name]["extra"]["config"] == saved

@@ -41,14 +41,19 @@ CLI_ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
 
 def _config(**overrides):
     """The smoke config, PMM alone, two seeds (per-seed curve points), one device."""
-    config = default.get_config("local")
+    config = trainer.select_methods(default.get_config("local"), ["pmm"])
     with config.unlocked():
         config.num_devices = 1
-        config.methods = {"pmm": config.methods.pmm}
-        config.method_order = ()
         config.seeds = (0, 1)
         for key, value in overrides.items():
             config[key] = value
+    return config
+
+
+def _sweep_config():
+    config = sweep_mnist1d.get_config("local")
+    with config.unlocked():
+        config.num_devices = 1
     return config
 
 
@@ -207,7 +212,9 @@ def test_a_second_run_on_a_workdir_in_use_exits_at_once_naming_the_holder(tmp_pa
     out = second["out"]
     assert out.returncode != 0
     message = out.stderr.strip().splitlines()[-1]
-    assert message.startswith(f"error: The workdir {tmp_path} is in use by another run: ")
+    assert message.startswith(
+        f"experiments.train: error: The workdir {tmp_path} is in use by another run: "
+    )
     assert f"PID {os.getpid()} on host {socket.gethostname()}, since " in message
     assert f"Wait for that run to finish; or stop it (kill {os.getpid()} on " in message
     assert "another --workdir" in message
@@ -272,7 +279,7 @@ def test_a_held_workdir_stops_training_and_the_sweep_before_any_work(tmp_path):
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
         assert holder["since"] and holder["argv"]
         for run in (
-            lambda: run_sweep(sweep_mnist1d.get_config("local"), str(tmp_path)),
+            lambda: run_sweep(_sweep_config(), str(tmp_path)),
             lambda: train_and_evaluate(_config(), str(tmp_path)),
         ):
             with pytest.raises(WorkdirLocked, match=rf"PID {os.getpid()} on host"):

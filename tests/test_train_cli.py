@@ -94,7 +94,7 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
     np.testing.assert_allclose(wd_pmm["diff_per_seed"], want)
     # Each method records the config it actually trained with.
     assert data["methods"]["pmm_paper"]["extra"]["config"]["pmm"]["penalty_reduction"] == "official"
-    assert data["methods"]["weight_decay_pmm"]["extra"]["config"]["weight_decay"] == 1e-4
+    assert data["methods"]["weight_decay_pmm"]["extra"]["config"]["weight_decay"] == 1e-3
     for name in ("accuracy_curves.png", "margin_histograms.png", "tsne_features.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert (tmp_path / "pmm" / "metrics.jsonl").read_text().count("\n") >= 4
