@@ -30,7 +30,12 @@
 
   A checkpoint written before records existed (no record in its metadata) is
   restored after the structure and finiteness checks, with one
-  :class:`CheckpointNotVerifiedWarning`.
+  :class:`CheckpointNotVerifiedWarning`. Failures of the machine rather than the
+  files (out of memory, permission denied) are raised, not taken as corruption.
+
+  Orbax has no check of its own for this: the zstd frames it writes carry no
+  checksum, and zarr3's crc32c covers only the shard index, so most flipped bits
+  come back as silently different numbers.
 * Step directories that orbax lists but that hold no checkpoint (an empty or
   partial ``<directory>/<step>/`` without its ``default/`` item) are never
   restored from and never a reason to distrust the others: they are moved aside
