@@ -76,6 +76,32 @@ def format_table(methods: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def nonfinite_by_method(methods: dict[str, dict]) -> dict[str, list[int]]:
+    """``{method: skipped steps per seed}`` for the methods that skipped any."""
+    out = {}
+    for name, m in methods.items():
+        counts = (m.get("extra") or {}).get("nonfinite_steps") or []
+        if any(counts):
+            out[name] = [int(c) for c in counts]
+    return out
+
+
+def format_nonfinite(methods: dict[str, dict]) -> str:
+    """One line per method that skipped steps for non-finite gradients ("" if none)."""
+    skipped = nonfinite_by_method(methods)
+    if not skipped:
+        return ""
+    lines = ["Steps skipped for non-finite gradients (per seed; their updates were dropped):"]
+    for name, counts in skipped.items():
+        steps = max(int(methods[name].get("steps", 0)), 1)
+        per_seed = ", ".join(
+            f"seed {seed}: {c}/{steps} ({100 * c / steps:.1f}%)"
+            for seed, c in zip(methods[name]["seeds"], counts, strict=True)
+        )
+        lines.append(f"  {name}: {per_seed}")
+    return "\n".join(lines)
+
+
 def format_comparisons(comparisons: dict[str, dict]) -> str:
     """One line per comparison (keys ``"treated - reference"``): per-seed differences, p."""
     lines = []
@@ -125,6 +151,8 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
         "comparisons_vs_baseline": comparisons,
         "paired": paired,
         "pmm_vs": pmm_vs,  # the same comparisons keyed by the other method
+        # {method: steps skipped for non-finite gradients, per seed}, methods with any.
+        "nonfinite_steps": nonfinite_by_method(methods),
         # The config as given, before each method's overrides; what each method trained
         # with is methods[NAME]["extra"]["config"] (and NAME/config.json).
         "base_config": config.to_dict(),
@@ -134,6 +162,8 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     table = format_table(methods)
+    if nonfinite := format_nonfinite(methods):
+        table += "\n\n" + nonfinite
     vs_base = {f"{name} - {BASELINE}": c for name, c in comparisons.items()}
     text = table + ("\n\n" + format_comparisons(vs_base) if vs_base else "")
     if paired:

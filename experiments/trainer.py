@@ -14,7 +14,14 @@ Everything is resumable: checkpoints every ``checkpoint_every_steps`` (orbax),
 metric logs truncated back to the restored step (and repaired if a crash tore
 them, ``experiments/metrics_log.py``), and a finished method is not run again
 (its ``result.json`` is read back). One run at a time per workdir: a second one
-stops at once (``experiments/workdir_lock.py``).
+stops at once (``experiments/workdir_lock.py``). Checkpoints are verified on
+restore (``pmm_jax.training.Checkpointer``); one saved from a different model or
+seed count stops the run with a ``CheckpointMismatchError``.
+
+Steps skipped for non-finite gradients are counted per seed
+(``extra["nonfinite_steps"]``, shown in the summary); a seed that skipped more
+than ``max_nonfinite_fraction`` of its steps fails the run with a
+``NonFiniteStepsError`` once everything is written.
 """
 
 from __future__ import annotations
@@ -126,9 +133,77 @@ def expand_order(config: ml_collections.ConfigDict) -> list[str]:
     return [n for n in order if n in methods] + sorted(n for n in methods if n not in order)
 
 
+# Fields that do not change what is trained, left out of `config_hash` so that
+# changing them reads a finished method back instead of training it again.
+UNHASHED_FIELDS = ("max_nonfinite_fraction",)
+DEFAULT_MAX_NONFINITE_FRACTION = 0.01
+
+
 def config_hash(config: ml_collections.ConfigDict) -> str:
-    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    fields = {k: v for k, v in config.to_dict().items() if k not in UNHASHED_FIELDS}
+    text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class NonFiniteStepsError(RuntimeError):
+    """Too many training steps were skipped for non-finite gradients (see
+    ``max_nonfinite_fraction``). Raised after the results and checkpoints are written.
+
+    Attributes:
+      offenders: ``[(method, seed, skipped steps, total steps)]``.
+    """
+
+    def __init__(self, message: str, offenders: list[tuple[str, int, int, int]]):
+        super().__init__(message)
+        self.offenders = offenders
+
+
+def max_nonfinite_fraction(config) -> float:
+    """``config.max_nonfinite_fraction`` (default 0.01), checked to be in [0, 1]."""
+    value = config.get("max_nonfinite_fraction", DEFAULT_MAX_NONFINITE_FRACTION)
+    if value is None or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"`max_nonfinite_fraction` must be a fraction in [0, 1] of the training steps "
+            f"that may be skipped for non-finite gradients; got {value!r}."
+        )
+    return float(value)
+
+
+def nonfinite_offenders(result: MethodResult, limit: float) -> list[tuple[str, int, int, int]]:
+    """``[(method, seed, skipped, steps)]`` for the seeds that skipped more than
+    ``limit`` of their steps (none for results written before the count existed)."""
+    counts = result.extra.get("nonfinite_steps") or []
+    return [
+        (result.name, int(seed), int(count), int(result.steps))
+        for seed, count in zip(result.seeds, counts, strict=True)
+        if count > limit * max(result.steps, 1)
+    ]
+
+
+def check_nonfinite(checks: list[tuple[MethodResult, float]], workdir: str) -> None:
+    """Raises :class:`NonFiniteStepsError` naming every (method, seed) whose skipped
+    steps exceed its ``max_nonfinite_fraction`` (``checks``: ``[(result, limit)]``)."""
+    lines, offenders = [], []
+    for result, limit in checks:
+        for name, seed, count, steps in nonfinite_offenders(result, limit):
+            offenders.append((name, seed, count, steps))
+            lines.append(
+                f"method {name!r}, seed {seed}: {count} of {steps} training steps "
+                f"({100 * count / max(steps, 1):.1f}%) were skipped for non-finite gradients, "
+                f"above `max_nonfinite_fraction`={limit:g}"
+            )
+    if not offenders:
+        return
+    raise NonFiniteStepsError(
+        "Too many skipped training steps:\n  "
+        + "\n  ".join(lines)
+        + f"\nThe results, metrics and checkpoints are written under {workdir}. The run "
+        "diverged or its data holds NaN/Inf: look at the loss, learning rate and alpha "
+        "(`train/nonfinite_steps` in metrics.jsonl shows when it started), or accept it with "
+        "--config.max_nonfinite_fraction=<fraction> (not part of the config hash: finished "
+        "methods are read back, not retrained).",
+        offenders,
+    )
 
 
 @dataclasses.dataclass
@@ -340,13 +415,23 @@ def _sample_input(dataset: Dataset):
     return sample_input(dataset.input_spec)
 
 
-def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> MethodResult:
+def train_method(
+    config, dataset: Dataset, workdir: str, *, name: str, check_nonfinite_steps: bool = True
+) -> MethodResult:
     """Trains all seeds of one method (resuming if possible), then evaluates.
 
     The final evaluation is on ``config.final_split`` (default ``"test"``; the
     sweep uses ``"validation"``), and is what ``MethodResult.test_accuracy`` holds.
+    ``extra["nonfinite_steps"]`` holds, per seed, the steps skipped for
+    non-finite gradients.
+
+    Raises:
+      NonFiniteStepsError: (if ``check_nonfinite_steps``) a seed skipped more than
+        ``config.max_nonfinite_fraction`` of its steps; raised after the result,
+        metrics and checkpoints are written.
     """
     os.makedirs(workdir, exist_ok=True)
+    limit = max_nonfinite_fraction(config)
     digest = config_hash(config)
     result_path = os.path.join(workdir, "result.json")
     if os.path.exists(result_path):
@@ -354,7 +439,10 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
             saved = json.load(f)
         if saved.get("config_hash") == digest:
             print(f"[{name}] already finished; read back {result_path}", flush=True)
-            return MethodResult(**saved)
+            result = MethodResult(**saved)
+            if check_nonfinite_steps:
+                check_nonfinite([(result, limit)], workdir)
+            return result
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=2, default=str)
 
@@ -442,10 +530,13 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
     ckpt.close()
 
     final_split = config.get("final_split", "test")
+    skipped = np.asarray(_to_host(training.nonfinite_steps(runner.state))).reshape(-1)
     extra = {
         "device": str(jax.devices()[0].device_kind),
         "num_devices": int(mesh.devices.size),
         "config": config.to_dict(),  # the effective config of this method
+        # Steps skipped for non-finite gradients (optax.apply_if_finite), per seed.
+        "nonfinite_steps": [int(n) for n in skipped],
     }
     if best_ckpt is not None:
         best_ckpt.wait()
@@ -499,6 +590,8 @@ def train_method(config, dataset: Dataset, workdir: str, *, name: str) -> Method
         with open(tmp, "w") as f:
             json.dump(result.to_json(), f, indent=2)
         os.replace(tmp, result_path)
+    if check_nonfinite_steps:
+        check_nonfinite([(result, limit)], workdir)
     return result
 
 
@@ -529,8 +622,16 @@ def train_and_evaluate(
         config = resolve_pretrained(config)
         dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
         config_check.validate(config, num_train=dataset.num_train, eval_splits=dataset.eval_splits)
-        results = {}
+        results, checks = {}, []
         for name, method_config in expand_methods(config).items():
-            method_dir = os.path.join(workdir, name)
-            results[name] = train_method(method_config, dataset, method_dir, name=name)
-        return report.write_summary(config, dataset.name, results, workdir)
+            results[name] = train_method(
+                method_config,
+                dataset,
+                os.path.join(workdir, name),
+                name=name,
+                check_nonfinite_steps=False,  # checked below, once every method is written
+            )
+            checks.append((results[name], max_nonfinite_fraction(method_config)))
+        summary = report.write_summary(config, dataset.name, results, workdir)
+        check_nonfinite(checks, workdir)
+        return summary

@@ -56,6 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 500
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
+    # Steps whose gradients hold NaN/Inf are skipped (optax.apply_if_finite) and
+    # counted per seed; a seed that skipped more than this fraction of its steps
+    # fails the run (NonFiniteStepsError) once results and checkpoints are written.
+    # Not part of the config hash: raising it reads finished methods back.
+    c.max_nonfinite_fraction = 0.01
     c.tsne = True  # t-SNE of penultimate test features, baseline vs PMM
     c.tsne_points = 2000  # at most this many test points per t-SNE panel
     c.num_devices = 0  # data-parallel devices (0 = all)

@@ -8,7 +8,13 @@ Needs Flax and orbax-checkpoint (``pip install "pmm_jax[training]"``);
 from pmm_jax.training import _deps  # noqa: F401, I001
 
 from pmm_jax.training.adapters import with_pre_logits
-from pmm_jax.training.checkpoint import CheckpointCorruptWarning, Checkpointer
+from pmm_jax.training.checkpoint import (
+    CheckpointCorruptWarning,
+    Checkpointer,
+    CheckpointMismatchError,
+    CheckpointNotSavedWarning,
+    CheckpointNotVerifiedWarning,
+)
 from pmm_jax.training.parallel import (
     DATA_AXIS,
     check_divisible,
@@ -27,6 +33,9 @@ from pmm_jax.training.steps import make_eval_step, make_train_step
 __all__ = [
     "DATA_AXIS",
     "CheckpointCorruptWarning",
+    "CheckpointMismatchError",
+    "CheckpointNotSavedWarning",
+    "CheckpointNotVerifiedWarning",
     "Checkpointer",
     "TrainState",
     "check_divisible",
