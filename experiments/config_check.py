@@ -211,6 +211,8 @@ FIELDS: dict[str, Rule] = {
     "evaluate_all_splits": BOOL,
     "save_best": BOOL,
     "keep_checkpoints": integer(1, required=True),
+    # A seed that skips more than this fraction of its steps (non-finite) fails the run.
+    "max_nonfinite_fraction": number(0, 1),
     # The report.
     "tsne": BOOL,
     "tsne_points": integer(1),

@@ -34,7 +34,7 @@ from ml_collections import config_flags
 from experiments import config_check
 from experiments.configs.default import PAPER_RAMP, PAPER_SCHEDULE
 from experiments.data.registry import get_dataset
-from experiments.trainer import merge, train_method
+from experiments.trainer import ConfigChangedError, merge, train_method
 from experiments.workdir_lock import WorkdirLocked, workdir_lock
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -258,7 +258,7 @@ def main(argv):
     try:
         overrides = config_flags.get_override_values(FLAGS["config"])
         run_sweep(FLAGS.config, FLAGS.workdir, overrides=overrides)
-    except (config_check.ConfigError, WorkdirLocked) as e:
+    except (config_check.ConfigError, ConfigChangedError, WorkdirLocked) as e:
         print(f"experiments.sweep: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 

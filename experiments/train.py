@@ -66,7 +66,7 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (where checkpoints, logs and results go).")
     from experiments.config_check import ConfigError
-    from experiments.trainer import select_methods, train_and_evaluate
+    from experiments.trainer import ConfigChangedError, select_methods, train_and_evaluate
     from experiments.workdir_lock import WorkdirLocked
 
     config = FLAGS.config
@@ -75,7 +75,7 @@ def main(argv):
             config = select_methods(config, FLAGS.methods)
         overrides = config_flags.get_override_values(FLAGS["config"])
         train_and_evaluate(config, FLAGS.workdir, overrides=overrides)
-    except (ConfigError, WorkdirLocked) as e:  # a message, not a traceback
+    except (ConfigError, ConfigChangedError, WorkdirLocked) as e:  # a message, not a traceback
         fail(str(e))
 
 

@@ -139,10 +139,70 @@ UNHASHED_FIELDS = ("max_nonfinite_fraction",)
 DEFAULT_MAX_NONFINITE_FRACTION = 0.01
 
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-    fields = {k: v for k, v in config.to_dict().items() if k not in UNHASHED_FIELDS}
-    text = json.dumps(fields, sort_keys=True, default=str)
+def _hashed_fields(config: ml_collections.ConfigDict | dict) -> dict:
+    """The fields that decide what a run computes, JSON-normalized (tuples -> lists)."""
+    as_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    fields = {k: v for k, v in as_dict.items() if k not in UNHASHED_FIELDS}
+    return json.loads(json.dumps(fields, sort_keys=True, default=str))
+
+
+def config_hash(config: ml_collections.ConfigDict | dict) -> str:
+    text = json.dumps(_hashed_fields(config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ConfigChangedError(ValueError):
+    """A method's workdir holds checkpoints or a result of a different config."""
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def check_same_config(config: ml_collections.ConfigDict, workdir: str, *, name: str) -> None:
+    """Refuses to resume a method's work that was done with another config.
+
+    A workdir's ``config.json`` records the config its checkpoints and result were
+    trained with. Resuming them under a changed config (say another weight decay,
+    with the same parameter shapes) would continue -- or just re-evaluate -- the
+    old run and record it as the new one. Nothing is moved or deleted.
+
+    Raises:
+      ConfigChangedError: naming the fields that differ, if ``workdir`` holds
+        checkpoints or a result of another config.
+    """
+    path = os.path.join(workdir, "config.json")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    has_work = os.path.exists(os.path.join(workdir, "result.json")) or (
+        os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))
+    )
+    if not (has_work and os.path.exists(path)):
+        return
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        return  # unreadable: the checkpoint's own structure check still applies
+    old, new = _flatten(_hashed_fields(previous)), _flatten(_hashed_fields(config))
+    diff = sorted(
+        k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>")
+    )
+    if not diff:
+        return
+    shown = "; ".join(
+        f"{k}: {old.get(k, '<unset>')!r} then, {new.get(k, '<unset>')!r} now" for k in diff[:10]
+    )
+    more = f" (and {len(diff) - 10} more)" if len(diff) > 10 else ""
+    raise ConfigChangedError(
+        f"[{name}] {workdir} holds checkpoints or a result of another config ({shown}{more}); "
+        "resuming them would record the old run as this one. Use another --workdir, or "
+        f"delete {workdir} to train this method again from scratch."
+    )
 
 
 class NonFiniteStepsError(RuntimeError):
@@ -433,6 +493,7 @@ def train_method(
     os.makedirs(workdir, exist_ok=True)
     limit = max_nonfinite_fraction(config)
     digest = config_hash(config)
+    check_same_config(config, workdir, name=name)
     result_path = os.path.join(workdir, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:

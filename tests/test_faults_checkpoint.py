@@ -307,12 +307,10 @@ def test_checkpoints_without_a_record_restore_with_one_warning(tmp_path):
 
 
 def _local(**changes):
-    config = default.get_config("local")
+    config = trainer.select_methods(default.get_config("local"), ["pmm"])
     with config.unlocked():
         config.batch_size = 96
         config.eval_batch_size = 200
-        config.methods = {"pmm": config.methods.pmm}
-        config.method_order = ()
         config.num_devices = 1
         for key, value in changes.items():
             config[key] = value
@@ -369,7 +367,9 @@ def test_skipped_nonfinite_steps_are_reported_and_too_many_fail_the_run(
 
 
 def test_bad_max_nonfinite_fraction_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"`max_nonfinite_fraction` must be .* got 2"):
+    with pytest.raises(
+        ValueError, match=r"max_nonfinite_fraction = 2\.0: must be a finite number in \[0, 1\]"
+    ):
         train_and_evaluate(_local(max_nonfinite_fraction=2), str(tmp_path))
 
 
@@ -385,3 +385,19 @@ def test_a_run_resumed_with_a_different_model_stops_and_keeps_its_checkpoints(tm
         train_and_evaluate(config, str(tmp_path))
     assert _listing(checkpoints) == before
     assert not os.path.exists(str(checkpoints) + ".corrupt")
+
+
+def test_a_method_resumed_under_a_changed_config_is_refused(tmp_path):
+    """Was: with the same parameter shapes (another weight decay, say) the old
+    checkpoints were resumed -- at the last step, just re-evaluated -- and recorded
+    as the new config's result. Now: an error naming the fields, nothing moved."""
+    config = _local(num_train_steps=20, eval_every_steps=20)
+    train_and_evaluate(config, str(tmp_path))
+    before = sorted(os.listdir(tmp_path / "pmm" / "checkpoints"))
+    changed = _local(num_train_steps=20, eval_every_steps=20, weight_decay=0.5)
+    with pytest.raises(trainer.ConfigChangedError, match=r"weight_decay: 0\.0 then, 0\.5 now"):
+        train_and_evaluate(changed, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "pmm" / "checkpoints")) == before
+    # The same config still reads its result back.
+    again = train_and_evaluate(config, str(tmp_path))
+    assert again["methods"]["pmm"]["steps"] == 20
