@@ -4,7 +4,7 @@ The public API. Implementations live in ``pmm_jax._src``; import from here.
 """
 
 from pmm_jax._src.checks import validate_batch
-from pmm_jax._src.losses import PENALTY_REDUCTIONS, pmm_loss, resolve_alpha
+from pmm_jax._src.losses import PENALTY_REDUCTIONS, pmm_loss
 from pmm_jax._src.params import HeadNotFoundError, find_head, pmm_penalty_from_params
 from pmm_jax._src.penalty import (
     competitor_classes,
@@ -21,6 +21,8 @@ from pmm_jax._src.schedules import (
 
 __version__ = "0.1.0"
 
+# PENALTY_REDUCTIONS is public so that configs and CLIs can validate a reduction
+# name without hard-coding the list.
 __all__ = [
     "PAPER_ALPHA_RANGE",
     "PENALTY_REDUCTIONS",
@@ -35,6 +37,5 @@ __all__ = [
     "pmm_loss",
     "pmm_penalty",
     "pmm_penalty_from_params",
-    "resolve_alpha",
     "validate_batch",
 ]

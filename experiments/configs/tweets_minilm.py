@@ -20,7 +20,7 @@ a fresh 3-way head on the tanh-pooled ``[CLS]`` (the head's input, which PMM
 regularizes), AdamW (lr 1e-4, decoupled weight decay 0.01 on kernels, warm-up
 over the first 10% of the steps, then linear decay), dropout 0.1, batch 16,
 48 steps (768 training tweets per seed, 2.5% of an epoch), sequences of 48
-tokens (11% of the tweets are cut), seeds 0, 1, 2 trained together (vmap);
+tokens (11% of the tweets are cut), seeds 0-4 trained together (vmap);
 accuracy on the first 1,000 tweets of the fixed test split. PMM: a constant
 alpha (``PMM_ALPHA``) chosen on validation by the ``sweep`` variant.
 
@@ -48,8 +48,11 @@ import ml_collections
 
 from experiments.configs.default import base_config
 
-# Chosen by the `sweep` variant: the best mean accuracy on the first 1,000
-# validation tweets over seeds 10 and 11 (penalty_reduction="mean"; see README).
+# Chosen by the `sweep` variant (2026-11-29): the best mean accuracy on the first
+# 1,000 validation tweets over seeds 10 and 11 (penalty_reduction="mean"; ties go
+# to the larger alpha). Baseline 67.05 %; alpha 1e-3: 67.05, 3e-3: 67.05, 1e-2:
+# 66.75, 3e-2: 65.35, 1e-1: 53.20 (1e-1 with stop_radius_gradient: 66.95). No
+# alpha beat the baseline; 1e-3 and 3e-3 tied with it.
 PMM_ALPHA = 3e-3
 SWEEP_ALPHAS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 STOP_R_ALPHA = 1e-1  # the sweep's diagnostic: this alpha without the gradient through r
@@ -110,7 +113,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.pretrained = ml_collections.ConfigDict(
         {"kind": "hf_bert", "path": minilm_dir(), "how_to_get": HOW_TO_GET}
     )
-    c.seeds = (0, 1, 2)
+    c.seeds = (0, 1, 2, 3, 4)  # >= 5 seeds for a paired comparison
     c.batch_size = 16
     c.num_epochs = 0
     c.num_train_steps = 48

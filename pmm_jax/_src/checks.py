@@ -177,9 +177,9 @@ def validate_batch(logits, labels, *, features=None, kernel=None, where=None) ->
         check_kernel(kernel, dim, k)
     if batch == 0:
         return  # an empty batch has no values to check
-    mask = jnp.ones((batch,), bool) if where is None else jnp.asarray(where)
+    valid = jnp.ones((batch,), bool) if where is None else jnp.asarray(where)
     labels = jnp.asarray(labels)
-    bad = mask & ((labels < 0) | (labels >= k))
+    bad = valid & ((labels < 0) | (labels >= k))
     checkify.check(
         ~jnp.any(bad),
         "`labels` must lie in [0, {k}); first bad row {row} holds {value}",
@@ -190,7 +190,7 @@ def validate_batch(logits, labels, *, features=None, kernel=None, where=None) ->
     for name, rows in (("logits", logits), ("features", features)):
         if rows is None:
             continue
-        ok = jnp.all(jnp.isfinite(jnp.asarray(rows)), axis=-1) | ~mask  # masked rows pass
+        ok = jnp.all(jnp.isfinite(jnp.asarray(rows)), axis=-1) | ~valid  # masked rows pass
         checkify.check(jnp.all(ok), f"`{name}` has NaN/Inf in row {{row}}", row=jnp.argmin(ok))
     if kernel is not None:
         checkify.check(jnp.all(jnp.isfinite(jnp.asarray(kernel))), "`kernel` has NaN/Inf entries")

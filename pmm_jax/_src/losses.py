@@ -94,7 +94,34 @@ def resolve_alpha(alpha, step) -> Array:
     return jnp.asarray(alpha, jnp.float32)
 
 
-def _official_penalty(sq_dist, r_sq, mask, n_global, num_shards, axis_name):
+def _shares(where: Array, axis_name) -> tuple[Array, Array, Array]:
+    """``(n, num_shards, scale)`` for masked means built as per-device shares.
+
+    ``n`` is the number of valid rows of the global batch and ``scale =
+    num_shards / max(n, 1)``: ``sum(local values) * scale`` is this device's share,
+    and the ``pmean`` of the shares over ``axis_name`` is the global masked mean
+    (with ``axis_name=None``, the share *is* the mean). The one place this
+    arithmetic lives (``pmm_jax.training`` uses it for its metrics too).
+    """
+    n = jnp.sum(where, dtype=jnp.float32)
+    num_shards = jnp.float32(1.0)
+    if axis_name is not None:
+        n, num_shards = lax.psum(n, axis_name), lax.psum(1.0, axis_name)
+    return n, num_shards, num_shards / jnp.maximum(n, 1.0)
+
+
+def mean_share(values: Array, where: Array, axis_name=None) -> Array:
+    """This device's share of the masked mean of ``values`` over the global batch."""
+    return jnp.sum(jnp.where(where, values, 0.0)) * _shares(where, axis_name)[2]
+
+
+def masked_min(values: Array, where: Array, axis_name=None) -> Array:
+    """The minimum of ``values`` over the valid rows of the global batch (not a share)."""
+    out = jnp.min(jnp.where(where, values, jnp.inf))
+    return out if axis_name is None else lax.pmin(out, axis_name)
+
+
+def _official_penalty(sq_dist, r_sq, where, n_global, num_shards, axis_name):
     r"""``r^2 (mean_i s_i)^2``, ``s_i = ||w_{y_i} - w_{m_i}||``, over the valid rows.
 
     ``s_i = sqrt(sq_dist_i)`` with a zero gradient where ``s_i = 0`` (PyTorch's
@@ -113,7 +140,7 @@ def _official_penalty(sq_dist, r_sq, mask, n_global, num_shards, axis_name):
     differentiation through a collective. (Higher derivatives of the share are
     not those of the global objective.)
     """
-    s = jnp.where(mask, _safe_sqrt(sq_dist), 0.0)
+    s = jnp.where(where, _safe_sqrt(sq_dist), 0.0)
     s_local = jnp.sum(s)
     if axis_name is None:
         s_bar = s_local / jnp.maximum(n_global, 1.0)
@@ -179,9 +206,11 @@ def pmm_loss(
     Returns:
       ``(total, parts)``: the scalar objective and a dict of float32 scalars for
       logging -- ``base_risk`` (mean C), ``penalty`` (``P``, before alpha),
-      ``alpha``, ``radius`` (r), ``mean_margin`` (mean normalized pairwise margin
-      ``d_i / r``) and ``num_examples`` (valid rows, global). Under ``axis_name``
-      the values are this device's share; ``lax.pmean`` them to log.
+      ``alpha``, ``radius`` (r), ``mean_margin`` and ``min_margin`` (mean and
+      minimum normalized pairwise margin ``d_i / r``) and ``num_examples`` (valid
+      rows, global). Under ``axis_name`` the values are this device's share;
+      ``lax.pmean`` them to log (``radius``, ``min_margin`` and ``num_examples``
+      are global already, the same on every device).
 
     Example:
       >>> import jax, jax.numpy as jnp, pmm_jax
@@ -214,15 +243,8 @@ def pmm_loss(
     features, kernel = jnp.asarray(features), jnp.asarray(kernel)
     alpha_value = resolve_alpha(alpha, step)
 
-    mask = jnp.ones((batch,), bool) if where is None else jnp.asarray(where)
-    n_local = jnp.sum(mask, dtype=jnp.float32)
-    if axis_name is None:
-        n_global, num_shards = n_local, 1.0
-    else:
-        n_global = lax.psum(n_local, axis_name)
-        num_shards = lax.psum(1.0, axis_name)
-    # Each share is scaled so that its pmean over the shards is the global value.
-    mean_scale = num_shards / jnp.maximum(n_global, 1.0)
+    valid = jnp.ones((batch,), bool) if where is None else jnp.asarray(where)
+    n_global, num_shards, mean_scale = _shares(valid, axis_name)
 
     base = base_loss(logits, labels)
     if jnp.shape(base) != (batch,):
@@ -230,8 +252,7 @@ def pmm_loss(
             f"`base_loss` must return per-example values of shape ({batch},); got "
             f"{jnp.shape(base)}."
         )
-    base = jnp.where(mask, base.astype(jnp.float32), 0.0)
-    base_risk = jnp.sum(base) * mean_scale
+    base_risk = jnp.sum(jnp.where(valid, base.astype(jnp.float32), 0.0)) * mean_scale
 
     penalty, r_sq, pair = _pmm_penalty(
         logits,
@@ -243,7 +264,7 @@ def pmm_loss(
         stop_radius_gradient=stop_radius_gradient,
     )
     if penalty_reduction == "official":
-        penalty_reduced = _official_penalty(pair[2], r_sq, mask, n_global, num_shards, axis_name)
+        penalty_reduced = _official_penalty(pair[2], r_sq, valid, n_global, num_shards, axis_name)
     else:
         scale = num_shards if penalty_reduction == "sum" else mean_scale
         penalty_reduced = jnp.sum(penalty) * scale
@@ -263,6 +284,7 @@ def pmm_loss(
         "alpha": alpha_value,
         "radius": radius,
         "mean_margin": jnp.sum(margins) * mean_scale,
+        "min_margin": masked_min(margins, valid, axis_name),
         "num_examples": n_global,
     }
     return base_risk + alpha_value * penalty_reduced, parts

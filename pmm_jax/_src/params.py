@@ -18,7 +18,7 @@ from pmm_jax._src import checks
 from pmm_jax._src.penalty import _pmm_penalty
 
 Array = jax.Array
-HeadPath = str | Sequence[str]
+_HeadPath = str | Sequence[str]  # private alias; public signatures spell it out
 
 
 class HeadNotFoundError(LookupError):
@@ -38,7 +38,7 @@ def _unwrap(x):
     return x
 
 
-def _split(head: HeadPath) -> tuple[str, ...]:
+def _split(head: _HeadPath) -> tuple[str, ...]:
     if isinstance(head, str):
         parts = tuple(p for p in head.split("/") if p)
     else:
@@ -72,7 +72,7 @@ def _walk(tree, path):
     return node if _is_node(node) and "kernel" in node.keys() else None
 
 
-def find_head(params, head: HeadPath = "head") -> tuple[Array, Array | None]:
+def find_head(params, head: str | Sequence[str] = "head") -> tuple[Array, Array | None]:
     """The classifier head's ``(kernel, bias)`` in a params pytree.
 
     ``head`` is a key (``"head"``), a ``/``-path (``"params/head"``,
@@ -120,7 +120,7 @@ def pmm_penalty_from_params(
     features: Array,
     labels: Array,
     *,
-    head: HeadPath = "head",
+    head: str | Sequence[str] = "head",
     logits: Array | None = None,
     where: Array | None = None,
     axis_name=None,

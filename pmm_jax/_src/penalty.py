@@ -1,6 +1,6 @@
 r"""The PMM penalty and its parts, as pure per-example functions.
 
-Notation (paper §II-III, pinned down in DESIGN.md §1): a batch of ``B`` examples
+Notation (paper §II-III, pinned down in ``docs/design.md``): a batch of ``B`` examples
 with penultimate features ``phi: [B, d]``, integer labels ``y: [B]``, the last
 layer's kernel ``W: [d, k]`` in the Flax ``nn.Dense`` layout (``W[:, j] = w_j``)
 and scores ``s = phi @ W + b: [B, k]``.
@@ -102,11 +102,11 @@ def _competitor_classes(logits: Array, labels: Array, k: int) -> Array:
     return jnp.where(m == labels, (labels + 1) % k, m)
 
 
-def _radius_sq(features: Array, mask: Array | None, axis_name) -> Array:
+def _radius_sq(features: Array, where: Array | None, axis_name) -> Array:
     """``r^2 = max_i ||phi_i||^2`` over selected rows, global over ``axis_name``."""
     sq = jnp.sum(jnp.square(features.astype(_acc(features.dtype))), axis=-1)
-    if mask is not None:
-        sq = jnp.where(mask, sq, 0.0)
+    if where is not None:
+        sq = jnp.where(where, sq, 0.0)
     local = jnp.max(sq, initial=0.0)
     if axis_name is None:
         return local
@@ -283,12 +283,12 @@ def _vary_like(x, *refs):
     return lax.pcast(x, axes, to="varying") if hasattr(lax, "pcast") else lax.pvary(x, axes)
 
 
-def _sanitize(labels, competitors, mask, k):
+def _sanitize(labels, competitors, where, k):
     """Gives masked rows valid, distinct class indices (their result is zeroed)."""
     labels = labels.astype(jnp.int32)
-    if mask is None:
+    if where is None:
         return labels, competitors
-    return jnp.where(mask, labels, 0), jnp.where(mask, competitors, 1 % k)
+    return jnp.where(where, labels, 0), jnp.where(where, competitors, 1 % k)
 
 
 def pmm_penalty(

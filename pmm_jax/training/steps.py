@@ -17,7 +17,7 @@ rounding); ``tests/test_training_parallel.py`` checks it on 8 fake CPU devices.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -26,6 +26,7 @@ import optax
 from jax import lax
 
 import pmm_jax
+from pmm_jax._src.losses import masked_min, mean_share
 from pmm_jax.training.state import TrainState
 
 Batch = dict[str, Any]
@@ -43,21 +44,6 @@ def step_rng(state: TrainState, axis_name=None) -> jax.Array:
     if axis_name is not None:
         rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
     return rng
-
-
-def _mean_share(values, mask, axis_name):
-    """Masked mean of ``values`` as this device's share (pmean gives the global mean)."""
-    total = jnp.sum(jnp.where(mask, values, 0.0))
-    count = jnp.sum(mask, dtype=jnp.float32)
-    if axis_name is not None:
-        count = lax.psum(count, axis_name)
-        total = total * lax.psum(1.0, axis_name)
-    return total / jnp.maximum(count, 1.0)
-
-
-def _masked_min(values, mask, axis_name):
-    out = jnp.min(jnp.where(mask, values, jnp.inf))
-    return out if axis_name is None else lax.pmin(out, axis_name)
 
 
 def _apply(state, params, batch_stats, x, *, train, rng=None):
@@ -91,7 +77,7 @@ def make_train_step(
     base_loss: Callable = optax.losses.softmax_cross_entropy_with_integer_labels,
     penalty_reduction: str = "mean",
     stop_radius_gradient: bool = False,
-    head: pmm_jax._src.params.HeadPath = "head",
+    head: str | Sequence[str] = "head",
     axis_name: str | None = None,
     preprocess: Preprocess | None = None,
     margin_metrics: bool = True,
@@ -136,7 +122,7 @@ def make_train_step(
             state, params, state.batch_stats, batch["x"], train=True, rng=rng
         )
         labels = batch["y"]
-        mask = batch.get("mask")
+        where = batch.get("mask")  # the batch's padding mask is the library's `where`
         if use_pmm:
             kernel, _ = pmm_jax.find_head(params, head)
             loss, parts = pmm_jax.pmm_loss(
@@ -148,14 +134,14 @@ def make_train_step(
                 step=state.step,
                 base_loss=base_loss,
                 penalty_reduction=penalty_reduction,
-                where=mask,
+                where=where,
                 axis_name=axis_name,
                 stop_radius_gradient=stop_radius_gradient,
             )
         else:
-            valid = jnp.ones(labels.shape, bool) if mask is None else mask
+            valid = jnp.ones(labels.shape, bool) if where is None else where
             per_example = base_loss(logits, labels).astype(jnp.float32)
-            loss = _mean_share(per_example, valid, axis_name)
+            loss = mean_share(per_example, valid, axis_name)
             parts = {"base_risk": loss, "penalty": jnp.zeros(()), "alpha": jnp.zeros(())}
         return loss, (parts, logits, feats, new_stats)
 
@@ -190,7 +176,14 @@ def make_train_step(
         }
         metrics.update(
             _classification_metrics(
-                state, logits, feats, batch, axis_name=axis_name, margins=margin_metrics, head=head
+                state,
+                logits,
+                feats,
+                batch,
+                parts,
+                axis_name=axis_name,
+                margins=margin_metrics,
+                head=head,
             )
         )
         if axis_name is not None:  # shares -> global values (min_margin, radius: global)
@@ -204,31 +197,40 @@ def make_train_step(
     return train_step
 
 
-def _classification_metrics(state, logits, feats, batch, *, axis_name, margins, head):
+def _classification_metrics(state, logits, feats, batch, parts, *, axis_name, margins, head):
+    """Accuracy and, if ``margins``, the radius and normalized pairwise margins.
+
+    With PMM on, ``pmm_loss`` has computed the margin metrics already (``parts``);
+    they are taken from there. The baseline (``alpha=None``) computes them here,
+    without gradient.
+    """
     labels = batch["y"]
-    mask = batch.get("mask")
-    valid = jnp.ones(labels.shape, bool) if mask is None else mask
+    where = batch.get("mask")
+    valid = jnp.ones(labels.shape, bool) if where is None else where
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    out = {"accuracy": _mean_share(correct, valid, axis_name)}
-    if margins:
+    out = {"accuracy": mean_share(correct, valid, axis_name)}
+    names = ("radius", "mean_margin", "min_margin")
+    if not margins:
+        out.update({name: jnp.zeros(()) for name in names})
+    elif all(name in parts for name in names):
+        out.update({name: parts[name] for name in names})
+    else:
         logits, feats = lax.stop_gradient(logits), lax.stop_gradient(feats)
         kernel, _ = pmm_jax.find_head(state.params, head)
-        radius = pmm_jax.feature_radius(feats, where=mask, axis_name=axis_name)
-        d = pmm_jax.pairwise_margins(logits, labels, kernel, radius=radius, where=mask)
+        radius = pmm_jax.feature_radius(feats, where=where, axis_name=axis_name)
+        d = pmm_jax.pairwise_margins(logits, labels, kernel, radius=radius, where=where)
         out.update(
             radius=radius,
-            mean_margin=_mean_share(d, valid, axis_name),
-            min_margin=_masked_min(d, valid, axis_name),
+            mean_margin=mean_share(d, valid, axis_name),
+            min_margin=masked_min(d, valid, axis_name),
         )
-    else:
-        out.update(radius=jnp.zeros(()), mean_margin=jnp.zeros(()), min_margin=jnp.zeros(()))
     return out
 
 
 def make_eval_step(
     *,
     base_loss: Callable = optax.losses.softmax_cross_entropy_with_integer_labels,
-    head: pmm_jax._src.params.HeadPath = "head",
+    head: str | Sequence[str] = "head",
     axis_name: str | None = None,
     preprocess: Preprocess | None = None,
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
