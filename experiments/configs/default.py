@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset_kwargs = ml_collections.ConfigDict({"validation_size": 0})
     c.model = "cnn1d"  # experiments.models registry name
     c.model_kwargs = ml_collections.ConfigDict({"channels": 25, "dropout_rate": 0.0})
-    c.seeds = (0, 1, 2, 3, 4)  # trained together (vmap); >= 5 for a paired comparison
+    c.seeds = tuple(range(10))  # trained together (vmap); >= 5 for a paired comparison
     c.batch_size = 100  # global batch
     c.num_train_steps = 6000  # MNIST-1D's reference schedule (150 epochs)
     c.num_epochs = 0  # used instead of num_train_steps when > 0
