@@ -27,7 +27,7 @@ nvidia-smi -L
 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
 
 stage "kernel-gradient determinism (ours vs a plain gather's scatter-add)"
-timeout 60 python3 -m experiments.determinism --out "$OUT/determinism.json" | tail -n 20 || status=1
+timeout 60 python3 -m experiments.bench determinism --out "$OUT/determinism.json" | tail -n 20 || status=1
 
 stage "benchmarks: penalty vs k, MNIST-1D CNN, ResNet-44 (b64, b128) + PyTorch peer"
 timeout 130 python3 -m experiments.bench --only penalty --only cnn1d --only resnet44 \

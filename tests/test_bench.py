@@ -1,4 +1,4 @@
-"""The benchmark CLI writes the documented JSON; the PyTorch peer runs.
+"""The benchmark CLI writes the documented JSON and its modes parse; the PyTorch peer runs.
 
 (The peer's penalty is held against ours in tests/test_official_torch.py.)
 """
@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from experiments import bench, timing
+from experiments.bench import cli, timing
 
 
 def test_quick_run_writes_documented_schema(tmp_path):
     out = tmp_path / "bench.json"
     args = "--quick --only cnn1d --only penalty --reps 3 --penalty-ks 10,100 --out"
-    bench.main([*args.split(), str(out)])
+    cli.main([*args.split(), str(out)])
     result = json.loads(out.read_text())
     assert isinstance(result["device"], str) and isinstance(result["jax"], str)
     assert isinstance(result["peers"], list)
@@ -39,9 +39,18 @@ def test_paired_ratio_interval_brackets_the_median():
 
 def test_torch_resnet_steps_run():
     pytest.importorskip("torch")
-    from experiments import bench_torch
+    from experiments.bench import torch_peer
 
-    steps, info = bench_torch.make_resnet_steps(4, depth=8, width=4)
+    steps, info = torch_peer.make_resnet_steps(4, depth=8, width=4)
     assert set(steps) == {"ce", "pmm"} and info["layout"].startswith("NCHW")
     for step in steps.values():
         assert np.isfinite(float(step()))
+
+
+@pytest.mark.parametrize("mode", [[], ["profile"], ["determinism"], ["vision"]])
+def test_every_mode_of_the_one_cli_parses(mode, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*mode, "--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: {' '.join(['python -m experiments.bench', *mode])} ")

@@ -1,6 +1,6 @@
 """``penalty_reduction="official"`` against the authors' arithmetic in PyTorch.
 
-``experiments/official_torch.py`` is the project's one port of the authors'
+``experiments/bench/official_torch.py`` is the project's one port of the authors'
 penalty and objective (``topk(2)`` competitor, ``index_select`` rows, max row
 norm, ``(r * mean_i ||w_y - w_m||) ** 2``, mean cross-entropy). Here ours is
 held against it: the loss value and the gradients with respect to the kernel,
@@ -15,7 +15,7 @@ import pytest
 import pmm_jax
 
 torch = pytest.importorskip("torch")
-from experiments import official_torch  # noqa: E402  (after the importorskip)
+from experiments.bench import official_torch  # noqa: E402  (after the importorskip)
 
 ALPHA = 0.3  # large enough that the penalty's gradient is not lost in the CE's
 

@@ -15,7 +15,7 @@ They run on the same synthetic batch, in the same process, each on its own copy
 of the state, in interleaved repetitions after warm-up (``timing.time_interleaved``).
 The step has no preprocessing: the batch is already what the model eats
 (normalized float32 images, token ids). The ResNet-44 rows also time the PyTorch
-peer (``experiments.bench_torch``) in the same interleaved repetitions.
+peer (``experiments.bench.torch_peer``) in the same interleaved repetitions.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import bench_torch
-from experiments.timing import (
+from experiments.bench import torch_peer
+from experiments.bench.timing import (
     block,
     load_average,
     paired_ratio,
@@ -309,10 +309,10 @@ def bench_workload(
     peer_info = None
     peer_device = "cpu" if on_cpu else "cuda"
     use_peer = (
-        w.peer and peer and bench_torch.available() and (on_cpu or bench_torch.cuda_available())
+        w.peer and peer and torch_peer.available() and (on_cpu or torch_peer.cuda_available())
     )
     if use_peer:
-        torch_steps, peer_info = bench_torch.make_resnet_steps(
+        torch_steps, peer_info = torch_peer.make_resnet_steps(
             w.batch,
             num_classes=w.num_classes,
             alpha=ALPHA,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pmm_jax
-from experiments.timing import time_interleaved
+from experiments.bench.timing import time_interleaved
 
 DEFAULT_KS = (10, 100, 1000, 10000, 100000)
 NAIVE_MAX_K = 10000  # k*k floats beyond this do not fit a laptop's memory

@@ -1,8 +1,8 @@
 """Where a benchmarked train step spends its time, per XLA operation (CPU thunks).
 
-  python -m experiments.profile_step resnet44_b128 [--alpha 1e-4] [--steps 2] [--top 12]
+  python -m experiments.bench profile resnet44_b128 [--alpha 1e-4] [--steps 2] [--top 12]
 
-Runs the step of ``experiments.bench_steps`` under ``jax.profiler`` with XLA:CPU's
+Runs the step of ``experiments.bench.steps`` under ``jax.profiler`` with XLA:CPU's
 per-thunk trace events on, and prints the time per kind of fused operation
 (``transpose_copy_fusion``, ``ynn_fusion`` = convolutions and dots, ...) summed
 over the worker threads, the top operations with their output shape and number
@@ -23,14 +23,19 @@ import tempfile
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", help="a row name of experiments.bench, e.g. resnet44_b128")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench profile", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("workload", help="a row name of the benchmarks' JSON, e.g. resnet44_b128")
     parser.add_argument("--alpha", type=float, default=None, help="PMM weight (default: CE only)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args(argv)
     if "jax" in sys.modules:
-        raise RuntimeError("run as a script: the trace flag must be set before JAX starts")
+        raise RuntimeError(
+            "run from the command line (python -m experiments.bench profile ...): "
+            "the trace flag must be set before JAX starts"
+        )
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
     ).strip()
@@ -40,20 +45,16 @@ def main(argv=None):
     import numpy as np
     import optax
 
-    from experiments import bench_steps
+    from experiments.bench import steps
     from pmm_jax import training
 
-    [w] = [
-        w for w, r in bench_steps.workloads("cpu", full=True) if not r and w.name == args.workload
-    ]
+    [w] = [w for w, r in steps.workloads("cpu", full=True) if not r and w.name == args.workload]
     rng = np.random.default_rng(0)
     x = jax.tree.map(jnp.asarray, w.make_x(rng, w.batch))
     batch = {"x": x, "y": jnp.asarray(rng.integers(0, w.num_classes, w.batch), jnp.int32)}
-    state = training.create_train_state(
-        w.model(), optax.sgd(bench_steps.LR, momentum=bench_steps.MOMENTUM), x
-    )
+    state = training.create_train_state(w.model(), optax.sgd(steps.LR, momentum=steps.MOMENTUM), x)
     step = training.make_train_step(alpha=args.alpha, margin_metrics=False)
-    compiled, _, temp_mb = bench_steps._compile(step, state, batch)
+    compiled, _, temp_mb = steps._compile(step, state, batch)
     hlo = compiled.as_text()
     for _ in range(2):
         state, metrics = compiled(state, batch)
@@ -91,7 +92,3 @@ def main(argv=None):
         m = re.search(r"%" + re.escape(name) + r" = (\S+) fusion\(([^)]*)\)", hlo)
         shape, inputs = (m.group(1), len(m.group(2).split(","))) if m else ("", 0)
         print(f"  {ms:9.1f} ms  {name}  {shape}  ({inputs} fused inputs)")
-
-
-if __name__ == "__main__":
-    main()

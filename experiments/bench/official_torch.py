@@ -21,7 +21,7 @@ row is unique.
 
 This is the single PyTorch reference of the project: ``tests/test_official_torch.py``
 holds ``pmm_jax.pmm_loss(..., penalty_reduction="official")`` against it, and
-the PyTorch peer of the benchmark (``experiments/bench_torch.py``) trains with
+the PyTorch peer of the benchmark (``experiments/bench/torch_peer.py``) trains with
 it. PyTorch is imported inside the functions only.
 """
 

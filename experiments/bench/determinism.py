@@ -1,6 +1,6 @@
 """Is the kernel gradient bitwise reproducible? Ours vs a plain gather's scatter-add.
 
-    python -m experiments.determinism --out determinism.json
+    python -m experiments.bench determinism --out determinism.json
 
 Many examples share few classes (B=8192, k=10), so a scatter-add backward pass
 has many colliding float additions, whose order GPUs do not fix. Each variant's
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pmm_jax
-from experiments.timing import device_name
+from experiments.bench.timing import device_name
 
 
 def naive_penalty(logits, labels, features, kernel):
@@ -40,7 +40,9 @@ def check(fn, args, repeats: int) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench determinism", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8192)
@@ -63,7 +65,3 @@ def main(argv=None):
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,30 +1,41 @@
-"""Benchmarks -> JSON: PMM's cost in the train step, the PyTorch peer, the penalty vs k.
+"""The one benchmark CLI: train-step and penalty benchmarks -> JSON; profile; determinism.
 
   python -m experiments.bench --out bench.json [--quick] [--full] [--only NAME ...]
+  python -m experiments.bench profile WORKLOAD [--alpha 1e-4] [--steps 2] [--top 12]
+  python -m experiments.bench determinism --out determinism.json [--repeats 10]
+  python -m experiments.bench vision [--tiny] [--only NAME ...] [--out vision.json]
 
-Workloads (``--only``, repeatable): ``cnn1d``, ``resnet44`` (batch 64 and 128, with
-the PyTorch peer when torch is installed), ``wrn28_10`` (skipped on CPU unless
-``--full``), ``mobilenet_v1``, ``bert``, ``penalty`` (the penalty alone vs k);
-``vision`` (augmentation / dtype throughput, ``experiments.bench_vision``) runs
+Without a mode it runs the benchmarks. Workloads (``--only``, repeatable):
+``cnn1d``, ``resnet44`` (batch 64 and 128, with the PyTorch peer when torch is
+installed), ``wrn28_10`` (skipped on CPU unless ``--full``), ``mobilenet_v1``,
+``bert``, ``penalty`` (the penalty alone vs k, ``experiments.bench.penalty``);
+``vision`` (augmentation / dtype throughput, ``experiments.bench.vision``) runs
 only when named. Each train-step workload times the same jitted step with
 cross-entropy only and with cross-entropy + PMM, in this one process, in
-interleaved repetitions after warm-up (``experiments/bench_steps.py``).
+interleaved repetitions after warm-up (``experiments.bench.steps``).
 
 On CPU, JAX and PyTorch get the same number of threads (``--threads``, default
 all cores), set before either library starts; the JSON says what was set.
 JSON: ``{"device", "jax", "rows": [{"name", "batch", "ce_step_ms", "pmm_step_ms",
 "pmm_overhead", ...}], "peers": [{"name", "ours_ms", "peer_ms", "ratio"}], ...}``.
+
+The modes (the first argument) hand the rest of the command line to a module's
+``main``: ``profile`` -> ``experiments.bench.profile_step``, ``determinism`` ->
+``experiments.bench.determinism``, ``vision`` -> ``experiments.bench.vision`` (its
+own flags: one model, batch scale, tiny models). ``MODE --help`` lists them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
 import sys
 import time
 
+PROG = "python -m experiments.bench"
 STEP_WORKLOADS = {  # --only name -> row names it covers (prefixes)
     "cnn1d": ("cnn1d",),
     "resnet44": ("resnet44",),
@@ -34,6 +45,15 @@ STEP_WORKLOADS = {  # --only name -> row names it covers (prefixes)
 }
 OTHER_WORKLOADS = ("penalty", "vision")
 DEFAULT = (*STEP_WORKLOADS, "penalty")  # "vision" only when named
+MODES = {  # first argument -> module whose main(argv) gets the rest
+    "profile": "experiments.bench.profile_step",
+    "determinism": "experiments.bench.determinism",
+    "vision": "experiments.bench.vision",
+}
+EPILOG = """modes (the first argument; MODE --help for its flags):
+  profile WORKLOAD      where a train step's time goes, per XLA:CPU operation
+  determinism --out F   is the kernel gradient bitwise reproducible (ours vs scatter-add)
+  vision                image-model step throughput with on-device augmentation"""
 
 
 def _set_threads(threads: int) -> dict:
@@ -52,19 +72,19 @@ def _set_threads(threads: int) -> dict:
 def _steps(names, args, result):
     import jax
 
-    from experiments import bench_steps, bench_torch
+    from experiments.bench import steps, torch_peer
 
     platform_name = jax.default_backend()
-    if platform_name != "cpu" and not bench_torch.cuda_available():
+    if platform_name != "cpu" and not torch_peer.cuda_available():
         result["peer_note"] = "JAX is on a GPU but PyTorch sees none: peer skipped."
-    elif not bench_torch.available():
+    elif not torch_peer.available():
         result["peer_note"] = (
             "PyTorch not installed: peer skipped (pip install torch==2.13.0 for a CPU build)."
         )
         print(f"[bench] {result['peer_note']}", flush=True)
     prefixes = tuple(p for n in names for p in STEP_WORKLOADS[n])
     quick = args.quick
-    for w, reason in bench_steps.workloads(platform_name, full=args.full):
+    for w, reason in steps.workloads(platform_name, full=args.full):
         name = w if reason else w.name
         if not name.startswith(prefixes):
             continue
@@ -76,7 +96,7 @@ def _steps(names, args, result):
             continue
         t0 = time.perf_counter()
         reps = args.reps or (min(w.reps, 50 if w.reps >= 50 else 5) if quick else None)
-        row, peer = bench_steps.bench_workload(
+        row, peer = steps.bench_workload(
             w,
             reps=reps,
             min_time=2.0 if quick else 5.0,
@@ -106,7 +126,7 @@ def _steps(names, args, result):
 
 
 def _penalty(args, result):
-    from experiments.bench_penalty import DEFAULT_KS, bench_penalty_vs_k
+    from experiments.bench.penalty import DEFAULT_KS, bench_penalty_vs_k
 
     ks = args.penalty_ks or ((10, 1000, 100000) if args.quick else DEFAULT_KS)
     result["penalty_vs_k"] = bench_penalty_vs_k(ks, reps=args.reps or (5 if args.quick else 20))
@@ -115,7 +135,7 @@ def _penalty(args, result):
 def _vision(args, result):
     import jax
 
-    from experiments.bench_vision import bench_vision
+    from experiments.bench.vision import bench_vision
 
     tiny = jax.default_backend() == "cpu"  # full-size models take minutes per step here
     result["vision"] = bench_vision(tiny=tiny, reps=5 if args.quick else 20)
@@ -123,7 +143,21 @@ def _vision(args, result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Runs the benchmarks, or the mode named by the first argument.
+
+    Args:
+      argv: the command line without the program name (default: ``sys.argv[1:]``).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in MODES:
+        # Imported only now: ``profile`` must set XLA_FLAGS before JAX starts.
+        return importlib.import_module(MODES[argv[0]]).main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--quick", action="store_true", help="fewer workloads and repetitions")
     parser.add_argument(
@@ -163,7 +197,7 @@ def main(argv=None):
 
     import jax
 
-    from experiments.timing import device_name, load_average, peak_memory_mb
+    from experiments.bench.timing import device_name, load_average, peak_memory_mb
 
     threads["torch"] = args.threads
     threads["torch_env"] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
@@ -181,10 +215,10 @@ def main(argv=None):
         "skipped": [],
     }
     names = args.only or list(DEFAULT)
-    steps = [n for n in names if n in STEP_WORKLOADS]
-    if steps:
-        print(f"[bench] train steps: {', '.join(steps)}", flush=True)
-        _steps(steps, args, result)
+    step_names = [n for n in names if n in STEP_WORKLOADS]
+    if step_names:
+        print(f"[bench] train steps: {', '.join(step_names)}", flush=True)
+        _steps(step_names, args, result)
     for name, fn in (("penalty", _penalty), ("vision", _vision)):
         if name in names:
             print(f"[bench] {name}", flush=True)
@@ -195,7 +229,3 @@ def main(argv=None):
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"[bench] wrote {args.out} ({result['wall_s']:.0f} s)")
-
-
-if __name__ == "__main__":
-    main()

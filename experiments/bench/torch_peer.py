@@ -4,7 +4,7 @@ The same network as ``experiments.models.resnet_cifar.CifarResNet(44)`` (He et
 al.'s CIFAR ResNet, option-A shortcuts: strided identity zero-padded with the new
 channels; 658,586 parameters for 10 classes), float32, SGD with momentum, eager
 PyTorch in its default NCHW layout. The PMM step's loss is the authors' objective
-(``experiments.official_torch.official_objective``: mean cross-entropy +
+(``experiments.bench.official_torch.official_objective``: mean cross-entropy +
 ``alpha * (r * mean_i ||w_{y_i} - w_{m_i}||) ** 2``), the same function the
 tests hold ``pmm_jax.pmm_loss(..., penalty_reduction="official")`` against.
 
@@ -19,7 +19,7 @@ import importlib.util
 
 import numpy as np
 
-from experiments import official_torch
+from experiments.bench import official_torch
 
 
 def available() -> bool:

@@ -4,7 +4,8 @@ One jitted step = the library's ``pmm_jax.training.make_train_step``: preprocess
 (augmentation + normalization, on the device) -> model apply in train mode ->
 cross-entropy + alpha * PMM -> SGD-momentum update; timed at the paper's batch
 sizes, float32 and bfloat16 compute, and with the augmentation swapped out to
-show its cost. Used by ``python -m experiments.bench --only vision``; ``--tiny``
+show its cost. Used by ``python -m experiments.bench --only vision`` (tiny models on
+CPU) and, with its own flags, by ``python -m experiments.bench vision``; ``--tiny``
 models make a CPU smoke run.
 """
 
@@ -17,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.bench.timing import time_interleaved
 from experiments.data import augment
 from experiments.models.mobilenet import MobileNetV1
 from experiments.models.resnet_cifar import CifarResNet
 from experiments.models.vgg import VGG16BN
 from experiments.models.wrn import WideResNet
-from experiments.timing import time_interleaved
 from pmm_jax import training
 
 CIFAR_AUG = {
@@ -151,9 +152,11 @@ def main(argv=None):
     import argparse
     import json
 
-    from experiments.timing import device_name
+    from experiments.bench.timing import device_name
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench vision", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", help="JSON file to write")
     parser.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke run)")
     parser.add_argument("--reps", type=int, default=20)
@@ -175,7 +178,3 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-
-
-if __name__ == "__main__":
-    main()
