@@ -9,7 +9,8 @@
 # made with `pip download --no-deps ... -d .whl`, and MNIST-1D as .data/mnist1d.npz, made
 # on the CPU side with `python -m experiments.data.mnist1d --export .data/mnist1d.npz`.
 # Stages run in order of importance, each with its own time limit and output file, so a
-# cut-short run still returns what it finished.
+# cut-short run still returns what it finished. How to run it and what it measured on an H200:
+# docs/gpu.md (that run's output: docs/results/gpu-h200-2026-11-26/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_check}"
