@@ -62,15 +62,16 @@ def paired_comparison(treated: list[float], baseline: list[float]) -> dict:
 
 
 def format_table(methods: dict[str, dict]) -> str:
+    w = max([14, *(len(name) for name in methods)])  # the method column fits every name
     lines = [
-        f"{'method':<14} {'test accuracy (%)':>20} {'margin mean':>12} {'margin p10':>11} "
+        f"{'method':<{w}} {'test accuracy (%)':>20} {'margin mean':>12} {'margin p10':>11} "
         f"{'wall time':>10}",
-        "-" * 72,
+        "-" * (w + 58),
     ]
     for name, m in methods.items():
         acc_m, acc_s = _mean_std(np.asarray(m["test_accuracy"]) * 100)
         lines.append(
-            f"{name:<14} {acc_m:>12.2f} ± {acc_s:<5.2f} {np.mean(m['margin_mean']):>12.4f} "
+            f"{name:<{w}} {acc_m:>12.2f} ± {acc_s:<5.2f} {np.mean(m['margin_mean']):>12.4f} "
             f"{np.mean(m['margin_p10']):>11.4f} {m['wall_time_s']:>9.1f}s"
         )
     return "\n".join(lines)
@@ -192,22 +193,32 @@ def make_plots(
     import matplotlib.pyplot as plt
 
     written = []
-    # 1. Test accuracy curves, mean +- std over seeds.
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # 1. Test accuracy curves, mean +- std over seeds; one panel per base loss (the
+    # hinge runs are far below the cross-entropy ones and would squash them).
+    def base_loss_of(m):
+        return m.get("extra", {}).get("config", {}).get("pmm", {}).get("base_loss", "")
+
+    groups = {}
     for name, m in methods.items():
-        curves = m["curves"]
-        key = next((k for k in curves if k.endswith("_accuracy")), None)
-        if not key or not curves.get("step"):
-            continue
-        acc = np.asarray(curves[key], np.float64) * 100  # [evals, seeds]
-        mean, std = acc.mean(1), acc.std(1)
-        ax.plot(curves["step"], mean, label=name)
-        ax.fill_between(curves["step"], mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"{key.split('_')[0] if key else 'test'} accuracy (%)")
-    ax.set_title("Accuracy during training (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        groups.setdefault(base_loss_of(m) or "cross_entropy", []).append(name)
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4.5), squeeze=False)
+    key = None
+    for ax, (loss_name, names) in zip(axes[0], groups.items(), strict=True):
+        for name in names:
+            curves = methods[name]["curves"]
+            key = next((k for k in curves if k.endswith("_accuracy")), None)
+            if not key or not curves.get("step"):
+                continue
+            acc = np.asarray(curves[key], np.float64) * 100  # [evals, seeds]
+            mean, std = acc.mean(1), acc.std(1)
+            ax.plot(curves["step"], mean, label=name)
+            ax.fill_between(curves["step"], mean - std, mean + std, alpha=0.2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{key.split('_')[0] if key else 'test'} accuracy (%)")
+        title = "Accuracy during training (mean ± std over seeds)"
+        ax.set_title(title if len(groups) == 1 else f"{title}\nbase loss: {loss_name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
     written.append(_save(fig, workdir, "accuracy_curves.png"))
 
     examples = {}
