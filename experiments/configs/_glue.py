@@ -41,7 +41,7 @@ def glue_config(task: str, *, num_classes: int, eval_split: str = "validation"):
     c.learning_rate = 2e-5
     c.weight_decay = 0.01
     c.weight_decay_mask = "kernels"  # no decay on biases and LayerNorm scales
-    c.lr_schedule = "linear"
+    c.lr_schedule = "linear_decay"
     c.warmup_epochs = 0.3  # 10% of 3 epochs
     # The paper's alpha in the convention it was tuned in (the authors' code):
     # mean CE + alpha * r^2 (mean_i ||w_y - w_m||)^2 (pmm_jax.pmm_loss "official").
