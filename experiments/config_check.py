@@ -159,8 +159,6 @@ FIELDS: dict[str, Rule] = {
         "must be one of " + ", ".join(map(repr, DATASET_NAMES)), is_dataset_name, required=True
     ),
     "dataset_kwargs": DICT,  # the dataset's own arguments (experiments/data)
-    "num_classes": integer(2),  # for --list-configs
-    "input_spec": DICT,  # for --list-configs
     "model": one_of(MODEL_NAMES, required=True),
     "model_kwargs": DICT,  # the model's own arguments (checked against its signature)
     "model_kwargs.dropout_rate": _RATE,
@@ -232,14 +230,12 @@ FIELDS: dict[str, Rule] = {
 }
 # Dicts whose keys belong to a model or a dataset: anything goes below them
 # (model_kwargs is checked against the model's signature instead).
-OPEN = ("dataset_kwargs", "input_spec", "model_kwargs")
+OPEN = ("dataset_kwargs", "model_kwargs")
 # Fields the run reads from the base config only: a method setting one would be ignored.
 BASE_ONLY = (
     "name",
     "dataset",
     "dataset_kwargs",
-    "num_classes",
-    "input_spec",
     "pretrained",
     "allow_random_init",
     "tsne",
@@ -739,7 +735,7 @@ def check_argv(argv: list[str], default_config: str) -> list[str]:
     file, _, variant = config_arg.partition(":")
     if not os.path.isfile(file):
         return [f"--config={config_arg}: no such config file {file!r}"]
-    from experiments.configs.listing import load_config
+    from experiments.configs import load_config
 
     try:
         config = load_config(file, variant)

@@ -32,7 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import config_check
-from experiments.configs.default import PAPER_RAMP, PAPER_SCHEDULE
+from experiments.configs.common import PAPER_RAMP, PAPER_SCHEDULE
 from experiments.data.registry import get_dataset
 from experiments.trainer import ConfigChangedError, merge, train_method
 from experiments.workdir_lock import WorkdirLocked, workdir_lock

@@ -59,7 +59,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.list_configs:
-        from experiments.configs.listing import print_configs
+        from experiments.listing import print_configs
 
         print_configs(CONFIG_DIR)
         return

@@ -49,6 +49,9 @@ def test_list_configs():
     lines = [ln.split("\t") for ln in out.stdout.strip().splitlines()]
     by_name = {ln[0]: ln for ln in lines}
     assert by_name["default"][1:] == ["cnn1d", "mnist1d", "5210"]
+    # glue.py needs its task: one line per task; shapes from the dataset registry.
+    assert by_name["glue:mnli"][1:] == ["bert", "glue/mnli", "109484547"]  # 3 classes
+    assert by_name["glue:sst2"][1:] == ["bert", "glue/sst2", "109483778"]
     for ln in lines:
         assert len(ln) == 4 and ln[3].isdigit(), ln
 

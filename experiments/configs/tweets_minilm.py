@@ -34,11 +34,11 @@ penalty).
 
 Variants: ``""`` (baseline and pmm), ``"sweep"`` (baseline, five alphas and one
 diagnostic, seeds 10 and 11, on the first 1,000 validation tweets; no test
-set), ``"full"`` (all 31,197 training tweets for one epoch, batch 32, the whole
-test split, 64 tokens, five seeds: for a GPU; not run yet, and its alpha is the
-one tuned for the small run: re-tune it with ``--config`` overrides on
-validation), ``"local"`` (2 steps, for tests: set ``pretrained.path`` to a tiny
-checkpoint and ``dataset_kwargs.csv_path`` to a CSV).
+set), ``"full"`` (all 31,197 training
+tweets for one epoch, batch 32, the whole test split, 64 tokens, five seeds: for
+a GPU; not run yet, and its alpha is the one tuned for the small run: re-tune it
+with ``--config`` overrides on validation), ``"local"`` (2 steps, for tests: set
+``pretrained.path`` to a tiny checkpoint and ``dataset_kwargs.csv_path`` to a CSV).
 """
 
 import importlib.util
@@ -46,7 +46,7 @@ import os
 
 import ml_collections
 
-from experiments.configs.default import base_config
+from experiments.configs.common import apply_variant, base_config
 
 # Chosen by the `sweep` variant (2026-11-29): the best mean accuracy on the first
 # 1,000 validation tweets over seeds 10 and 11 (penalty_reduction="mean"; ties go
@@ -99,10 +99,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = base_config()
     c.name = "tweets_minilm"
     c.dataset = "tweets"
-    c.num_classes = 3  # for --list-configs, without the data
-    c.input_spec = {
-        "x": {k: ((48,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")}
-    }
     c.dataset_kwargs = ml_collections.ConfigDict(
         {"tokenizer": "", "max_len": 48, "max_train": 0, "max_eval": 1000, "csv_path": ""}
     )
@@ -135,56 +131,49 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.tsne = False
     c.methods = ml_collections.ConfigDict({"baseline": _method(None), "pmm": _method(PMM_ALPHA)})
     c.method_order = ("baseline", "pmm")
-    if variant == "":
-        pass
-    elif variant == "sweep":
-        c.name += "_sweep"
-        c.seeds = (10, 11)
-        c.final_split = "validation"
-        methods = {"baseline": _method(None)}
-        methods.update({_alpha_name(a): _method(a) for a in SWEEP_ALPHAS})
-        # Diagnostic: a large alpha without the gradient through the radius r.
-        methods[f"{_alpha_name(STOP_R_ALPHA)}_stop_r"] = {
-            "pmm": {**_method(STOP_R_ALPHA)["pmm"], "stop_radius_gradient": True}
-        }
-        c.methods = ml_collections.ConfigDict(methods)
-        c.method_order = tuple(methods)
-    elif variant == "full":
-        c.name += "_full"
-        c.seeds = (0, 1, 2, 3, 4)
-        c.batch_size = 32
-        c.num_train_steps = 31197 // 32  # one epoch
-        c.steps_per_call = 1
-        c.log_every_steps = 50
-        c.eval_every_steps = 31197 // 32
-        c.checkpoint_every_steps = 31197 // 32
-        c.dataset_kwargs.max_len = 64
-        c.dataset_kwargs.max_eval = 0
-        c.input_spec.x = {
-            k: ((64,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")
-        }
-        c.warmup_steps = 97  # 10%
-        c.eval_batch_size = 500
-    elif variant == "local":  # 2 steps on a tiny checkpoint and a small CSV (tests)
-        c.name += "_local"
-        c.seeds = (0, 1)
-        c.pretrained.path = ""
-        c.model_kwargs = ml_collections.ConfigDict({"hf_config": "", "dtype": "float32"})
-        c.dataset_kwargs.max_len = 16
-        c.dataset_kwargs.max_eval = 0
-        c.dataset_kwargs.validation_size = 8
-        c.dataset_kwargs.test_size = 8
-        c.input_spec.x = {
-            k: ((16,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")
-        }
-        c.batch_size = 8  # divisible by the tests' 8 fake devices
-        c.eval_batch_size = 8
-        c.num_train_steps = 2
-        c.steps_per_call = 1
-        c.log_every_steps = 1
-        c.eval_every_steps = 2
-        c.checkpoint_every_steps = 2
-        c.warmup_steps = 0
-    else:
-        raise ValueError(f"Unknown variant {variant!r}: '', 'sweep', 'full' or 'local'.")
-    return c
+    own = {"sweep": _sweep, "full": _full}
+    return apply_variant(c, variant, shared=("local",), local=_local, own=own)
+
+
+def _sweep(c) -> None:
+    """The alpha selection: on validation, with other seeds."""
+    c.name += "_sweep"
+    c.seeds = (10, 11)
+    c.final_split = "validation"
+    methods = {"baseline": _method(None)}
+    methods.update({_alpha_name(a): _method(a) for a in SWEEP_ALPHAS})
+    # Diagnostic: a large alpha without the gradient through the radius r.
+    methods[f"{_alpha_name(STOP_R_ALPHA)}_stop_r"] = {
+        "pmm": {**_method(STOP_R_ALPHA)["pmm"], "stop_radius_gradient": True}
+    }
+    c.methods = ml_collections.ConfigDict(methods)
+    c.method_order = tuple(methods)
+
+
+def _full(c) -> None:
+    """All training tweets for one epoch, the whole test split (for a GPU)."""
+    c.name += "_full"
+    c.seeds = (0, 1, 2, 3, 4)
+    c.batch_size = 32
+    c.num_train_steps = 31197 // 32  # one epoch
+    c.steps_per_call = 1
+    c.log_every_steps = 50
+    c.eval_every_steps = 31197 // 32
+    c.checkpoint_every_steps = 31197 // 32
+    c.dataset_kwargs.max_len = 64
+    c.dataset_kwargs.max_eval = 0
+    c.warmup_steps = 97  # 10%
+    c.eval_batch_size = 500
+
+
+def _local(c) -> None:
+    """2 steps on a tiny checkpoint and a small CSV (tests), on top of the shared ones."""
+    c.seeds = (0, 1)
+    c.pretrained.path = ""
+    c.model_kwargs = ml_collections.ConfigDict({"hf_config": "", "dtype": "float32"})
+    c.dataset_kwargs.max_len = 16
+    c.dataset_kwargs.max_eval = 0
+    c.dataset_kwargs.validation_size = 8
+    c.dataset_kwargs.test_size = 8
+    c.steps_per_call = 1
+    c.warmup_steps = 0
