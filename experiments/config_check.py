@@ -150,6 +150,9 @@ _POSITIVE = number(0, lo_open=True)
 _NONNEGATIVE = number(0)
 _RATE = number(0, 1, hi_open=True)
 
+# The schedules experiments.sweep runs each of sweep.alphas with (its default: both).
+SWEEP_ALPHA_SCHEDULES = ("linear", "constant")
+
 # Every field a config may have, and what it allows. Fields only some configs have
 # (save_best, pretrained, *_every_epochs, sweep, ...) are optional: checked where present.
 FIELDS: dict[str, Rule] = {
@@ -159,8 +162,6 @@ FIELDS: dict[str, Rule] = {
         "must be one of " + ", ".join(map(repr, DATASET_NAMES)), is_dataset_name, required=True
     ),
     "dataset_kwargs": DICT,  # the dataset's own arguments (experiments/data)
-    "num_classes": integer(2),  # for --list-configs
-    "input_spec": DICT,  # for --list-configs
     "model": one_of(MODEL_NAMES, required=True),
     "model_kwargs": DICT,  # the model's own arguments (checked against its signature)
     "model_kwargs.dropout_rate": _RATE,
@@ -220,9 +221,13 @@ FIELDS: dict[str, Rule] = {
     # Methods: name -> overrides of the fields above.
     "methods": DICT,
     "method_order": tuple_of(NAME, "method names"),
-    # experiments/sweep.py's grid (sweep_mnist1d.py).
+    # experiments/sweep.py's grid (sweep_mnist1d.py, tweets_minilm.py:sweep); each optional.
     "sweep": DICT,
     "sweep.alphas": tuple_of(_POSITIVE, "alphas > 0"),
+    "sweep.alpha_schedules": tuple_of(
+        one_of(SWEEP_ALPHA_SCHEDULES), " or ".join(map(repr, SWEEP_ALPHA_SCHEDULES))
+    ),
+    "sweep.stop_radius_alphas": tuple_of(_POSITIVE, "alphas > 0"),
     "sweep.hinge_alphas": tuple_of(_POSITIVE, "alphas > 0"),
     "sweep.weight_decay_pmm_alphas": tuple_of(_POSITIVE, "alphas > 0"),
     "sweep.pmm_weight_decay": _NONNEGATIVE,
@@ -232,14 +237,12 @@ FIELDS: dict[str, Rule] = {
 }
 # Dicts whose keys belong to a model or a dataset: anything goes below them
 # (model_kwargs is checked against the model's signature instead).
-OPEN = ("dataset_kwargs", "input_spec", "model_kwargs")
+OPEN = ("dataset_kwargs", "model_kwargs")
 # Fields the run reads from the base config only: a method setting one would be ignored.
 BASE_ONLY = (
     "name",
     "dataset",
     "dataset_kwargs",
-    "num_classes",
-    "input_spec",
     "pretrained",
     "allow_random_init",
     "tsne",
@@ -739,7 +742,7 @@ def check_argv(argv: list[str], default_config: str) -> list[str]:
     file, _, variant = config_arg.partition(":")
     if not os.path.isfile(file):
         return [f"--config={config_arg}: no such config file {file!r}"]
-    from experiments.configs.listing import load_config
+    from experiments.configs import load_config
 
     try:
         config = load_config(file, variant)

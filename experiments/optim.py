@@ -14,15 +14,16 @@ BASE_LOSSES = {
 # The names each config field accepts (experiments/config_check.py checks them all
 # before training; the errors below are a second line for code that skips it).
 OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("constant", "step", "cosine", "linear")
+# "linear_decay" (the lr, down to 0) is named apart from alpha's "linear" (a ramp up).
+LR_SCHEDULES = ("constant", "step", "cosine", "linear_decay")
 ALPHA_SCHEDULES = ("none", "constant", "linear", "epoch_linear")
 WEIGHT_DECAY_MASKS = ("all", "kernels")
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """``constant``, ``step`` (multiply by ``lr_decay`` at ``lr_boundaries`` epochs),
-    or ``cosine``; optional linear warm-up over ``warmup_steps`` (if > 0) or
-    ``warmup_epochs``."""
+    ``cosine`` or ``linear_decay`` (linearly to 0 over the run); optional linear
+    warm-up over ``warmup_steps`` (if > 0) or ``warmup_epochs``."""
     lr = config.learning_rate
     kind = config.get("lr_schedule", "constant")
     if kind == "constant":
@@ -35,7 +36,7 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> op
         schedule = optax.piecewise_constant_schedule(lr, boundaries)
     elif kind == "cosine":
         schedule = optax.cosine_decay_schedule(lr, total_steps)
-    elif kind == "linear":
+    elif kind == "linear_decay":
         schedule = optax.linear_schedule(lr, 0.0, total_steps)
     else:
         raise ValueError(f"Unknown lr_schedule {kind!r}; known: {', '.join(LR_SCHEDULES)}.")
@@ -84,9 +85,10 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.Grad
 def make_alpha(pmm_config, steps_per_epoch: int, total_steps: int):
     """The PMM weight from ``config.pmm``: None (off), a float or an optax schedule.
 
-    ``alpha_schedule``: ``none``; ``constant`` (``alpha_end``); ``linear`` (per
-    step, ``alpha_init -> alpha_end`` over the run); ``epoch_linear`` (the official
-    code: 0 in epoch 0, then linear in the epoch index).
+    ``alpha_schedule``: ``none``; ``constant`` (``alpha_end``: a ramp with init =
+    end, so that one field sets alpha whatever the schedule); ``linear`` (per step,
+    ``alpha_init -> alpha_end`` over the run); ``epoch_linear`` (the official code:
+    0 in epoch 0, then linear in the epoch index).
     """
     kind = pmm_config.get("alpha_schedule", "none")
     if kind == "none":

@@ -1,24 +1,31 @@
 """Hyperparameter sweep on a validation split: ``python -m experiments.sweep --workdir DIR``.
 
-For MNIST-1D (default config ``experiments/configs/sweep_mnist1d.py``) it trains,
-for several seeds, every point of:
+Runs the grid of a config's ``sweep`` block, each point for the config's seeds,
+and evaluates on the *validation* split (held out of training), never on the
+test set. The grid's families, each optional (points are named ``FAMILY_VALUE``):
 
-* PMM alpha on a log grid (1e-7 .. 1e-1, ``penalty_reduction="mean"``, the
-  library's default), two schedules: the paper's linear ramp
-  (``alpha_end / 100 -> alpha_end``, the ratio of the paper's 1e-5 -> 1e-3) and a
-  constant ``alpha``;
-* the same linear ramp on top of weight decay (``weight_decay_pmm_linear``; the
-  paper's setting: every baseline of the paper uses weight decay);
-* the same linear ramp with the multiclass hinge as the base loss (``pmm_hinge``);
-* the paper's own schedule as the paper ran it (``pmm_paper``: the official
-  per-epoch ramp 1e-5 -> 1e-3 with ``penalty_reduction="official"``);
-* the baselines' own knobs (weight decay, dropout rate), so that every method is
-  compared at its best;
+* ``alphas``: PMM alpha with each schedule of ``alpha_schedules`` (default both):
+  ``pmm_linear``, the paper's ramp shape (``alpha / 100 -> alpha``, the ratio of
+  the paper's 1e-5 -> 1e-3), and ``pmm_constant``;
+* ``stop_radius_alphas``: a constant alpha without the gradient through the
+  radius r (``pmm_constant_stop_r``, a diagnostic);
+* ``weight_decay_pmm_alphas``: the linear ramp on top of weight decay
+  ``pmm_weight_decay`` (``weight_decay_pmm_linear``; the paper's setting: every
+  baseline of the paper uses weight decay);
+* ``hinge_alphas``: the linear ramp with the multiclass hinge as the base loss
+  (``pmm_hinge_linear``, and the hinge loss alone, ``hinge_baseline``);
+* ``paper_schedule``: the paper's own schedule as the paper ran it (``pmm_paper``:
+  the official per-epoch ramp 1e-5 -> 1e-3 with ``penalty_reduction="official"``);
+* ``weight_decays``, ``dropout_rates``: the baselines' own knobs, so that every
+  method is compared at its best;
 
-and evaluates on the *validation* split (the last training examples, held out),
-never on the test set. It writes ``sweep.json`` (every point, per-seed
-accuracies, the selected values) and ``sweep_alpha.png`` (validation accuracy vs
-alpha with error bars). Resumable like training: finished points are read back.
+plus ``baseline`` (the config as it is). The configs with a sweep:
+``experiments/configs/sweep_mnist1d.py`` (the default: MNIST-1D, every family) and
+``experiments/configs/tweets_minilm.py:sweep`` (constant alphas and the
+stop-radius diagnostic). It writes ``sweep.json`` (every point, per-seed
+accuracies, the best value of each family) and ``sweep_alpha.png`` (validation
+accuracy vs alpha with error bars). Resumable like training: finished points are
+read back.
 """
 
 from __future__ import annotations
@@ -32,9 +39,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import config_check
-from experiments.configs.default import PAPER_RAMP, PAPER_SCHEDULE
+from experiments.configs.common import PAPER_RAMP, PAPER_SCHEDULE, ramp
 from experiments.data.registry import get_dataset
-from experiments.trainer import ConfigChangedError, merge, train_method
+from experiments.trainer import ConfigChangedError, merge, resolve_pretrained, train_method
 from experiments.workdir_lock import WorkdirLocked, workdir_lock
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -45,34 +52,46 @@ config_flags.DEFINE_config_file(
 )
 
 
-def _ramp(alpha: float, **extra) -> dict:
-    """The paper's ramp shape: ``alpha / 100 -> alpha`` linearly over the run."""
-    return {"alpha_schedule": "linear", "alpha_init": alpha / 100, "alpha_end": alpha, **extra}
+def _constant(alpha: float, **extra) -> dict:
+    return {"alpha_schedule": "constant", "alpha_end": alpha, **extra}
+
+
+_SCHEDULES = {"linear": ramp, "constant": _constant}
 
 
 def grid_points(config) -> list[tuple[str, float, dict]]:
-    """``(family, value, overrides)`` for every run of the sweep."""
+    """``(family, value, overrides)`` for every run of the sweep, in the order they run."""
     sweep = config.sweep
     points = [("baseline", 0.0, {})]
-    for alpha in sweep.alphas:
-        points.append(("pmm_linear", alpha, {"pmm": _ramp(alpha)}))
+    schedules = sweep.get("alpha_schedules", config_check.SWEEP_ALPHA_SCHEDULES)
+    for alpha in sweep.get("alphas", ()):
+        for schedule in schedules:
+            points.append((f"pmm_{schedule}", alpha, {"pmm": _SCHEDULES[schedule](alpha)}))
+    for alpha in sweep.get("stop_radius_alphas", ()):
         points.append(
-            ("pmm_constant", alpha, {"pmm": {"alpha_schedule": "constant", "alpha_end": alpha}})
+            ("pmm_constant_stop_r", alpha, {"pmm": _constant(alpha, stop_radius_gradient=True)})
         )
     wd = sweep.get("pmm_weight_decay", 0.0)
     for alpha in sweep.get("weight_decay_pmm_alphas", ()):
-        points.append(("weight_decay_pmm_linear", alpha, {"weight_decay": wd, "pmm": _ramp(alpha)}))
+        points.append(("weight_decay_pmm_linear", alpha, {"weight_decay": wd, "pmm": ramp(alpha)}))
     if sweep.get("hinge_alphas", ()):
         points.append(("hinge_baseline", 0.0, {"pmm": {"base_loss": "hinge"}}))
     for alpha in sweep.get("hinge_alphas", ()):
-        points.append(("pmm_hinge_linear", alpha, {"pmm": _ramp(alpha, base_loss="hinge")}))
+        points.append(("pmm_hinge_linear", alpha, {"pmm": ramp(alpha, base_loss="hinge")}))
     if sweep.get("paper_schedule", False):
         points.append(("pmm_paper", PAPER_RAMP[1], {"pmm": dict(PAPER_SCHEDULE)}))
-    for wd in sweep.weight_decays:
+    for wd in sweep.get("weight_decays", ()):
         points.append(("weight_decay", wd, {"weight_decay": wd}))
-    for rate in sweep.dropout_rates:
+    for rate in sweep.get("dropout_rates", ()):
         points.append(("dropout", rate, {"model_kwargs": {"dropout_rate": rate}}))
     return points
+
+
+def _without_sweep(config):
+    base = merge(config, {})
+    with base.unlocked():
+        del base["sweep"]
+    return base
 
 
 def run_sweep(config, workdir: str, *, overrides: dict | None = None) -> dict:
@@ -83,18 +102,21 @@ def run_sweep(config, workdir: str, *, overrides: dict | None = None) -> dict:
     command line's ``--config.*``) that a point would shadow are refused. The
     workdir is locked for the whole sweep (one run per workdir).
     """
+    if "sweep" not in config:
+        allowed = "is required: the grid to run (a config without one: python -m experiments.train)"
+        raise config_check.ConfigError(
+            [config_check.Problem("sweep", config_check._MISSING, allowed)]
+        )
     config_check.validate(config)  # the grid (config.sweep) and the base fields
-    base = merge(config, {})
-    with base.unlocked():
-        del base["sweep"]
     points = {
         f"{family}_{value:g}": (family, value, point)
         for family, value, point in grid_points(config)
     }
     grid = {name: point for name, (_, _, point) in points.items()}
-    config_check.validate(base, methods=grid, overrides=overrides, sweep=True)
+    config_check.validate(_without_sweep(config), methods=grid, overrides=overrides, sweep=True)
     with workdir_lock(workdir):
-        return _run_points(config, base, points, workdir)
+        config = resolve_pretrained(config)  # a BERT's checkpoint: its tokenizer, its shape
+        return _run_points(config, _without_sweep(config), points, workdir)
 
 
 def _run_points(config, base, points: dict, workdir: str) -> dict:
@@ -123,7 +145,11 @@ def _run_points(config, base, points: dict, workdir: str) -> dict:
         )
     selected = {}
     for family in sorted({r["family"] for r in rows}):
-        best = max((r for r in rows if r["family"] == family), key=lambda r: r["val_accuracy_mean"])
+        # Ties go to the larger value: the stronger regularization among equals.
+        best = max(
+            (r for r in rows if r["family"] == family),
+            key=lambda r: (r["val_accuracy_mean"], r["value"]),
+        )
         selected[family] = {"value": best["value"], "val_accuracy_mean": best["val_accuracy_mean"]}
     out = {
         "dataset": dataset.name,
@@ -154,6 +180,7 @@ _PANELS = (
             ("pmm_linear", "PMM, linear ramp (α_end)"),
             ("pmm_constant", "PMM, constant α"),
             ("weight_decay_pmm_linear", "weight decay + PMM, linear ramp"),
+            ("pmm_constant_stop_r", "PMM, constant α, no gradient through r"),
         ),
         (
             ("baseline", "no regularization"),

@@ -59,7 +59,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.list_configs:
-        from experiments.configs.listing import print_configs
+        from experiments.listing import print_configs
 
         print_configs(CONFIG_DIR)
         return
@@ -70,6 +70,11 @@ def main(argv):
     from experiments.workdir_lock import WorkdirLocked
 
     config = FLAGS.config
+    if "sweep" in config:  # trained here, the grid would be silently ignored
+        fail(
+            f"config {config.name!r} is a sweep (config.sweep): run it with "
+            "python -m experiments.sweep --workdir DIR --config FILE[:variant]"
+        )
     try:
         if FLAGS.methods is not None:
             config = select_methods(config, FLAGS.methods)

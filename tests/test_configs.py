@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from experiments.configs.listing import load_config
+from experiments.configs import load_config
+from experiments.data.registry import dataset_info, get_dataset
 from experiments.trainer import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +22,9 @@ VISION = [
 
 
 def _config(name, variant=""):
+    """``name`` is a file's name, or ``glue:TASK`` (``glue.py:TASK[:variant]``)."""
+    if name.startswith("glue:"):
+        name, variant = "glue", name[len("glue:") :] + (f":{variant}" if variant else "")
     return load_config(os.path.join(CONFIG_DIR, f"{name}.py"), variant)
 
 
@@ -54,7 +58,7 @@ def test_recipes_match_the_paper():
     assert mob.pmm.alpha_end == 1e-5 and mob.lr_boundaries == (30, 60, 80)
 
 
-GLUE = ["glue_mnli", "glue_qnli", "glue_rte", "glue_qqp", "glue_mrpc", "glue_sst2"]
+GLUE = ["glue:mnli", "glue:qnli", "glue:rte", "glue:qqp", "glue:mrpc", "glue:sst2"]
 
 
 @pytest.mark.parametrize("name", VISION + GLUE)
@@ -67,9 +71,22 @@ def test_paper_rows_use_the_authors_arithmetic_and_alphas(name):
         assert (c.pmm.alpha_init, c.pmm.alpha_end) == (1e-5, 1e-3)
     else:
         assert (c.pmm.alpha_schedule, c.pmm.alpha_end) == ("constant", 1e-5)
-    if name == "glue_mnli":
+    if name == "glue:mnli":
         mm = _config(name, "mismatched")
         assert (mm.pmm.penalty_reduction, mm.pmm.alpha_end) == ("official", 1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,variant",
+    [("default", "local"), *((n, "local") for n in VISION), ("imagenet_mobilenet", "")],
+)
+def test_dataset_info_is_what_the_dataset_says(name, variant):
+    """``--list-configs``' classes and shapes, without data, match the built dataset."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = _config(name, variant)
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=16):
+        ds = get_dataset(config.dataset, **config.dataset_kwargs)
+    assert dataset_info(config.dataset, **config.dataset_kwargs) == (ds.num_classes, ds.input_spec)
 
 
 @pytest.mark.parametrize("name", VISION)
@@ -87,26 +104,42 @@ def test_local_variant_trains_and_evaluates_on_mock_data(name, tmp_path):
         assert "best" in method["extra"]
 
 
-GLUE = ["glue_mnli", "glue_qnli", "glue_rte", "glue_qqp", "glue_mrpc", "glue_sst2"]
-
-
 @pytest.mark.parametrize("name", GLUE)
 def test_glue_row_and_twin(name):
     pmm, base = _config(name), _config(name, "baseline")
     assert pmm.pmm.alpha_schedule == "constant" and pmm.pmm.alpha_end == 1e-5
     assert base.pmm.alpha_schedule == "none"
     assert (pmm.learning_rate, pmm.num_epochs) == (2e-5, 3)
-    if name == "glue_mnli":
+    assert (pmm.name, base.name) == (name.replace(":", "_"), name.replace(":", "_") + "_baseline")
+    a, b = pmm.to_dict(), base.to_dict()
+    for c in (a, b):
+        c.pop("pmm"), c.pop("name")
+    assert a == b
+    if name == "glue:mnli":
         mm = _config(name, "mismatched")
         assert mm.pmm.alpha_end == 1e-6 and mm.final_split == "validation_mismatched"
+        assert pmm.eval_split == "validation_matched"
+
+
+def test_glue_takes_the_task_as_its_variant():
+    """``glue.py:TASK[:VARIANT]``: ml_collections passes everything after the first colon."""
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+    with pytest.raises(ValueError, match=r"needs the task.*mnli, qnli, rte, qqp, mrpc, sst2"):
+        _config("glue")
+    with pytest.raises(ValueError, match=r"Unknown variant 'mismatched'"):
+        _config("glue:mrpc", "mismatched")  # MNLI's only
+    path = os.path.join(CONFIG_DIR, "glue.py")
+    config = ConfigFileFlagParser("config").parse(f"{path}:mnli:baseline")
+    assert config.name == "glue_mnli_baseline" and config.dataset == "glue/mnli"
 
 
 def test_glue_needs_a_checkpoint_path(tmp_path):
     with pytest.raises(ValueError, match=r"pretrained\.path"):
-        train_and_evaluate(_config("glue_sst2", "local"), str(tmp_path))
+        train_and_evaluate(_config("glue:sst2", "local"), str(tmp_path))
 
 
-@pytest.mark.parametrize("name", ["glue_sst2", "glue_mrpc", "glue_mnli"])
+@pytest.mark.parametrize("name", ["glue:sst2", "glue:mrpc", "glue:mnli"])
 def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")
     from tests.bert_helpers import fake_hf_state_dict, tiny_config, tiny_tokenizer, write_checkpoint
@@ -123,8 +156,8 @@ def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path,
     assert f"[pretrained] {ckpt}" in capsys.readouterr().out  # the weights were loaded
     (method,) = summary["methods"].values()
     splits = method["extra"]["splits"]
-    if name == "glue_mnli":
+    if name == "glue:mnli":
         assert set(splits) == {"validation_matched", "validation_mismatched"}
-    if name == "glue_mrpc":
+    if name == "glue:mrpc":
         assert "f1" in method["extra"]["final_metrics"]
     assert 0 <= method["test_accuracy"][0] <= 1

@@ -18,9 +18,8 @@ import pytest
 
 from experiments import config_check, trainer
 from experiments.config_check import ConfigError, check
-from experiments.configs import default, sweep_mnist1d, tweets_minilm
-from experiments.configs.listing import load_config
-from experiments.sweep import run_sweep
+from experiments.configs import config_files, default, load_config, sweep_mnist1d, tweets_minilm
+from experiments.sweep import grid_points, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
@@ -334,7 +333,14 @@ VARIANTS = {
     "default": ["", "local"],
     "sweep_mnist1d": ["", "local"],
     "tweets_minilm": ["", "sweep", "full", "local"],
-    "glue_mnli": ["", "baseline", "local", "mismatched"],
+    "glue": [
+        *(
+            f"{task}{v}"
+            for task in ("mnli", "qnli", "qqp", "rte", "mrpc", "sst2")
+            for v in ("", ":baseline", ":local")
+        ),
+        "mnli:mismatched",
+    ],
     **{
         name: ["", "baseline", "local"]
         for name in (
@@ -343,23 +349,13 @@ VARIANTS = {
             "cifar100_wrn28_10",
             "cifar100_vgg16",
             "imagenet_mobilenet",
-            "glue_mrpc",
-            "glue_qnli",
-            "glue_qqp",
-            "glue_rte",
-            "glue_sst2",
         )
     },
 }
 
 
 def test_the_variant_list_covers_every_config_file():
-    files = {
-        f[:-3]
-        for f in os.listdir(CONFIG_DIR)
-        if f.endswith(".py") and not f.startswith("_") and f != "listing.py"
-    }
-    assert files == set(VARIANTS)
+    assert {f[:-3] for f in config_files(CONFIG_DIR)} == set(VARIANTS)
 
 
 @pytest.mark.parametrize(
@@ -368,6 +364,12 @@ def test_the_variant_list_covers_every_config_file():
 def test_every_config_variant_validates(name, variant):
     config = load_config(os.path.join(CONFIG_DIR, f"{name}.py"), variant)
     assert check(config, device_count=1) == []
+    if "sweep" in config:  # and every point of its grid, as experiments.sweep checks them
+        grid = {f"{family}_{value:g}": p for family, value, p in grid_points(config)}
+        base = trainer.merge(config, {})
+        with base.unlocked():
+            del base["sweep"]
+        assert check(base, methods=grid, sweep=True, device_count=1) == []
 
 
 def test_sweep_checks_every_grid_point_and_refuses_shadowed_overrides(tmp_path):

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from experiments.data import glue
 from experiments.data.base import DatasetNotPreparedError
+from experiments.data.registry import dataset_info
 from tests.bert_helpers import tiny_tokenizer
 
 TRAIN = [f"ex{i}" for i in range(10)]
@@ -138,6 +139,18 @@ def test_glue_pair_tasks_with_mock_data():
         qqp = glue.get_glue("qqp", tok, max_len=24, num_threads=1)
         assert qqp.extra["metrics"] == ("accuracy", "f1")
         assert next(qqp.train_iter(0, 2, 0, 1))["x"]["input_ids"].shape == (2, 24)
+
+
+@pytest.mark.parametrize("task", list(glue.GLUE_TASKS))
+def test_dataset_info_is_what_the_dataset_says(task):
+    """The configs' classes and shapes come from dataset_info, without data or tokenizer."""
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+        for kwargs in ({}, {"max_len": 24}):  # the loader's default max_len, and another
+            ds = glue.get_glue(task, tiny_tokenizer(), num_threads=1, **kwargs)
+            info = dataset_info(f"glue/{task}", tokenizer="", data_dir=None, **kwargs)
+            assert info == (ds.num_classes, ds.input_spec)
+    with pytest.raises(ValueError, match="Unknown GLUE task 'cola'"):
+        dataset_info("glue/cola")
 
 
 def test_glue_metrics():

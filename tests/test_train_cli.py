@@ -11,7 +11,7 @@ import pytest
 
 from experiments import trainer
 from experiments.configs import default, sweep_mnist1d
-from experiments.sweep import run_sweep
+from experiments.sweep import grid_points, run_sweep
 from experiments.trainer import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +49,9 @@ def test_list_configs():
     lines = [ln.split("\t") for ln in out.stdout.strip().splitlines()]
     by_name = {ln[0]: ln for ln in lines}
     assert by_name["default"][1:] == ["cnn1d", "mnist1d", "5210"]
+    # glue.py needs its task: one line per task; shapes from the dataset registry.
+    assert by_name["glue:mnli"][1:] == ["bert", "glue/mnli", "109484547"]  # 3 classes
+    assert by_name["glue:sst2"][1:] == ["bert", "glue/sst2", "109483778"]
     for ln in lines:
         assert len(ln) == 4 and ln[3].isdigit(), ln
 
@@ -165,3 +168,23 @@ def test_sweep_local_writes_json_and_plot(tmp_path):
     }
     assert set(out["selected"]) == families
     assert (tmp_path / "sweep_alpha.png").stat().st_size > 1000
+
+
+def test_sweep_points_are_those_of_the_recorded_mnist1d_sweep():
+    """Same point names and configs as the run in docs/sweep_mnist1d.json: read back, not redone."""
+    with open(os.path.join(ROOT, "docs", "sweep_mnist1d.json")) as f:
+        recorded = json.load(f)
+    config = sweep_mnist1d.get_config()
+    names = [f"{family}_{value:g}" for family, value, _ in grid_points(config)]
+    assert names == [r["name"] for r in recorded["rows"]]
+    now = json.loads(json.dumps(config.to_dict(), default=str))
+    for field in trainer.UNHASHED_FIELDS:
+        now.pop(field, None), recorded["config"].pop(field, None)
+    assert now == recorded["config"]
+
+
+def test_train_refuses_a_sweep_config(tmp_path):
+    """A config with a sweep block runs with experiments.sweep; train would ignore the grid."""
+    out = _cli("--workdir", str(tmp_path), "--config", "experiments/configs/tweets_minilm.py:sweep")
+    assert out.returncode == 2 and "python -m experiments.sweep" in out.stderr
+    assert not os.listdir(tmp_path)

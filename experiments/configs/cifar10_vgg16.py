@@ -15,7 +15,6 @@ def get_config(variant: str = ""):
         dataset="cifar10",
         model="vgg16_bn",
         model_kwargs={},
-        num_classes=10,
     )
     c = apply_variant(c, variant)
     if variant == "local":

@@ -21,8 +21,6 @@ def get_config(variant: str = ""):
         dataset="imagenet2012",
         model="mobilenet_v1",
         model_kwargs={"width_multiplier": 1.0},
-        num_classes=1000,
-        image_shape=(224, 224, 3),
     )
     c.dataset_kwargs = {"data_dir": None}
     c.batch_size = 256
@@ -47,5 +45,4 @@ def get_config(variant: str = ""):
             "resize_size": 36,
             "raw_jpeg": False,
         }
-        c.input_spec = {"x": ((32, 32, 3), "uint8")}
     return c

@@ -3,12 +3,14 @@
     python -m experiments.sweep --workdir runs/sweep_mnist1d
 
 Selection is on a validation split: the last 500 of the 4000 training examples
-(training uses the other 3500); the test set is never looked at.
+(training uses the other 3500); the test set is never looked at. The grid is
+``config.sweep`` (what each field runs: ``experiments/sweep.py``).
 """
 
 import ml_collections
 
-from experiments.configs.default import WEIGHT_DECAY, base_config
+from experiments.configs.common import apply_variant, base_config
+from experiments.configs.default import WEIGHT_DECAY
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -25,7 +27,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     grid = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     c.sweep = ml_collections.ConfigDict(
         {
-            "alphas": grid,
+            "alphas": grid,  # each as a linear ramp and as a constant (sweep.alpha_schedules)
             "hinge_alphas": grid,
             # PMM on top of weight decay (the paper's setting), at the weight decay
             # the main job uses (selected by this sweep's weight_decay family).
@@ -36,19 +38,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
             "dropout_rates": (0.1, 0.2, 0.3, 0.5, 0.7),
         }
     )
-    if variant == "local":
-        c.seeds = (0, 1)
-        c.num_train_steps = 20
-        c.steps_per_call = 10
-        c.log_every_steps = 10
-        c.eval_every_steps = 10
-        c.checkpoint_every_steps = 10
-        c.model_kwargs.channels = 4
-        c.sweep.alphas = (1e-4, 1e-1)
-        c.sweep.hinge_alphas = (1e-4,)
-        c.sweep.weight_decay_pmm_alphas = (1e-4,)
-        c.sweep.weight_decays = (1e-4,)
-        c.sweep.dropout_rates = (0.2,)
-    elif variant:
-        raise ValueError(f"Unknown variant {variant!r}; use '' or 'local'.")
-    return c
+    return apply_variant(c, variant, shared=(), own={"local": _local})
+
+
+def _local(c) -> None:
+    """Two seeds, 20 steps of a narrow model, a few points of each family (the tests)."""
+    c.seeds = (0, 1)
+    c.num_train_steps = 20
+    c.steps_per_call = 10
+    c.log_every_steps = 10
+    c.eval_every_steps = 10
+    c.checkpoint_every_steps = 10
+    c.model_kwargs.channels = 4
+    c.sweep.alphas = (1e-4, 1e-1)
+    c.sweep.hinge_alphas = (1e-4,)
+    c.sweep.weight_decay_pmm_alphas = (1e-4,)
+    c.sweep.weight_decays = (1e-4,)
+    c.sweep.dropout_rates = (0.2,)

