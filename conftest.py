@@ -1,9 +1,11 @@
 """Test-session setup shared by tests/ and the doctests in pmm_jax/.
 
 8 fake CPU devices (for pmap / shard_map tests) and float32 matmuls, set before
-JAX initialises its backends.
+JAX initialises its backends. Doctests that use Flax are skipped where it is not
+installed (the core install, ``pip install -e .``, has no Flax).
 """
 
+import importlib.util
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -12,7 +14,18 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import jax
+import pytest
 
 if jax.config.jax_platforms in (None, "", "cpu"):
     jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+    if importlib.util.find_spec("flax") is not None:
+        return
+    skip = pytest.mark.skip(reason="the example uses Flax: pip install -e '.[training]'")
+    for item in items:
+        examples = getattr(getattr(item, "dtest", None), "examples", ())
+        if any("flax" in example.source for example in examples):
+            item.add_marker(skip)

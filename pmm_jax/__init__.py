@@ -19,7 +19,7 @@ from pmm_jax._src.schedules import (
     linear_alpha_schedule,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # PENALTY_REDUCTIONS is public so that configs and CLIs can validate a reduction
 # name without hard-coding the list.

@@ -8,19 +8,20 @@ hold the dense [d, k] kernel gradient (the output itself), but nothing larger.
 
 With few classes (k <= 32) the kernel gradient is instead one reduction over the
 batch of a [d, B, k] product by signs in {-1, 0, 1}; it is in the jaxpr, so the
-check there is on the compiled program: XLA fuses it and never stores it.
+check there is on the compiled program: XLA fuses it and never stores it -- the XLA
+of jaxlib >= 0.10.2 on CPU; older ones store it (B*d*k floats, a memory cost only),
+which the test expects of them.
 """
 
 import re
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import pmm_jax
-from tests import reference
+from tests import jax_compat, reference
 
 B, D, K = 8, 16, 1000
 
@@ -38,7 +39,7 @@ def _walk(jaxpr, out):
         for v in eqn.outvars:
             shape = getattr(v.aval, "shape", ())
             out.append((eqn.primitive.name, tuple(shape), int(np.prod(shape, dtype=np.int64))))
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in jax_compat.jaxprs_in_params(eqn.params):
             _walk(sub, out)
     return out
 
@@ -100,6 +101,11 @@ def _entry_buffers(fn, *args):
     ]
 
 
+@pytest.mark.xfail(
+    jax_compat.JAXLIB_VERSION < (0, 10, 2),
+    reason="the XLA of jaxlib < 0.10.2 stores the [d, B, k] product on CPU (memory only)",
+    strict=True,
+)
 def test_small_k_kernel_gradient_is_fused():
     """k <= 32: the [d, B, k] product of the dense assembly is never stored."""
     batch, dim, k = 256, 64, 32

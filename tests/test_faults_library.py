@@ -1,6 +1,7 @@
 """Issue #12, library edges: each bad input or misuse gives the right result or a clear error.
 
-One test per case, each reproducing the case for real.
+One test per case, each reproducing the case for real. Core tests (no Flax): those of
+pmm_jax.training are in tests/test_faults_training.py.
 """
 
 import subprocess
@@ -13,20 +14,17 @@ import pytest
 from jax.experimental import checkify
 
 import pmm_jax
-from pmm_jax import training
-from tests.conftest import NUM_DEVICES
 from tests.test_penalty import make_batch
-from tests.toy import ToyNet, toy_data, toy_state
+
+BAD_ALPHAS = [-1.0, float("nan"), float("inf"), "1e-3"]
 
 
-@pytest.mark.parametrize("alpha", [-1.0, float("nan"), float("inf"), "1e-3"])
+@pytest.mark.parametrize("alpha", BAD_ALPHAS)
 def test_alpha_negative_nan_or_string_is_refused(alpha):
     logits, labels, feats, kernel = make_batch(0, 8, 4, 5)
     with pytest.raises((ValueError, TypeError), match="alpha"):
         pmm_jax.pmm_loss(logits, labels, feats, kernel, alpha=alpha)
-    # ... and where the train step is built, before any training.
-    with pytest.raises((ValueError, TypeError), match="alpha"):
-        training.make_train_step(alpha=alpha)(toy_state(ToyNet()), toy_data(8))
+    # The train step refuses them too: tests/test_faults_training.py.
 
 
 def test_alpha_none_names_the_fix():
@@ -89,31 +87,6 @@ def test_python_lists_work_or_name_the_argument():
     ]:
         with pytest.raises(TypeError, match=f"`{name}`"):
             fn(*args)
-
-
-def test_scalar_leaf_in_a_batch_gets_a_clear_error():
-    batch = {"x": np.zeros((8, 6), np.float32), "y": np.zeros(8, np.int32), "temp": 0.5}
-    with pytest.raises(ValueError, match=r"\['temp'\].*scalar.*leading batch axis"):
-        training.split_for_devices(batch, NUM_DEVICES)
-    mesh = training.make_mesh()
-    with pytest.raises(ValueError, match=r"\['temp'\].*scalar"):
-        training.shard_batch_on_mesh(batch, mesh)
-
-
-def test_pmap_step_refuses_a_step_built_without_axis_name():
-    # What happened before: each replica trained on its own radius and gradients.
-    with pytest.raises(ValueError, match=r"axis_name=None.*diverge.*axis_name='batch'"):
-        training.pmap_step(training.make_train_step(alpha=1e-2))
-    with pytest.raises(ValueError, match=r"axis_name='data'"):
-        training.pmap_step(training.make_train_step(alpha=1e-2, axis_name="data"))
-    with pytest.raises(ValueError, match="jit_sharded"):
-        training.jit_sharded(
-            training.make_train_step(alpha=1e-2, axis_name="batch"), training.make_mesh()
-        )
-    # The right pairings are accepted, and so is a user's own step function.
-    training.pmap_step(training.make_train_step(alpha=1e-2, axis_name="batch"))
-    training.pmap_step(training.make_eval_step(axis_name="batch"))
-    training.pmap_step(lambda state, batch: (state, {}))
 
 
 def test_importing_training_without_flax_names_the_extra():

@@ -2,7 +2,6 @@
 
 import chex
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from absl.testing import parameterized  # shipped with chex
 from jax.test_util import check_grads
 
 import pmm_jax
-from tests import reference
+from tests import jax_compat, reference
 
 
 def make_batch(seed=0, batch=16, dim=8, k=10, dtype=jnp.float32):
@@ -207,7 +206,7 @@ def _sum_penalty(stop):
 @pytest.mark.parametrize("stop", [False, True])
 def test_check_grads(stop):
     logits, labels, feats, kernel = make_batch(12, 6, 4, 5)
-    with jax.enable_x64(True):
+    with jax_compat.enable_x64(True):
         logits, feats, kernel = (jnp.asarray(x, jnp.float64) for x in (logits, feats, kernel))
         if stop:  # the radius is a constant to the gradient but not to finite
             # differences, so only the kernel gradient is checkable numerically.
@@ -299,7 +298,7 @@ def _primitives(jaxpr):
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in jax_compat.jaxprs_in_params(eqn.params):
             names |= _primitives(sub)
     return names
 
