@@ -381,6 +381,14 @@ def test_a_run_resumed_with_a_different_model_stops_and_keeps_its_checkpoints(tm
 
     with config.unlocked():
         config.model_kwargs.channels = 8  # a wider model, same workdir
+    # The workdir's config.json says what changed, before any checkpoint is read.
+    with pytest.raises(trainer.ConfigChangedError, match=r"model_kwargs.channels: 4 then, 8 now"):
+        train_and_evaluate(config, str(tmp_path))
+    assert _listing(checkpoints) == before
+    # Without config.json (say, checkpoints copied elsewhere) the checkpoint's own
+    # structure check stops it: a mismatch, not corruption, and nothing is moved.
+    os.remove(tmp_path / "pmm" / "config.json")
+    os.remove(tmp_path / "pmm" / "result.json")
     with pytest.raises(training.CheckpointMismatchError, match=r"saved float32\[1,.*4\] vs"):
         train_and_evaluate(config, str(tmp_path))
     assert _listing(checkpoints) == before
