@@ -193,6 +193,7 @@ def make_plots(
     import matplotlib.pyplot as plt
 
     written = []
+
     # 1. Test accuracy curves, mean +- std over seeds; one panel per base loss (the
     # hinge runs are far below the cross-entropy ones and would squash them).
     def base_loss_of(m):
