@@ -157,10 +157,11 @@ def test_config_fields():
     best = max(tuned, key=lambda r: (r["validation_accuracy_mean"], r["alpha"]))  # ties: larger
     assert config.methods.pmm.pmm.alpha_end == best["alpha"]
     assert {r["alpha"] for r in tuned} == set(tweets_minilm.SWEEP_ALPHAS)
-    # The recorded command is the one the config file gives.
+    # The record says how to rerun it: the command the config file gives.
     with open(CONFIG) as f:
-        assert recorded["command"] in f.read()
-    assert "experiments.sweep" in recorded["command"]
+        rerun = recorded["rerun_with"].split(" (")[0]
+        assert rerun in f.read()
+    assert "experiments.sweep" in rerun
     sweep = load_config(CONFIG, "sweep")
     assert sweep.final_split == "validation" and not set(sweep.seeds) & set(config.seeds)
     assert not sweep.methods  # the runs are the grid of sweep.sweep (experiments.sweep)
