@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from experiments import bench_torch
+from experiments.models.common import param_count
 from experiments.timing import (
     block,
     load_average,
@@ -284,7 +285,7 @@ def bench_workload(
     state0 = training.create_train_state(model, optax.sgd(LR, momentum=MOMENTUM), x, seed=seed)
     _, aux = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), state0.variables, x)
     feature_dim = int(aux["pre_logits"].shape[-1])
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state0.params))
+    num_params = param_count(state0.params)
     variants = {
         "ce": training.make_train_step(alpha=None, margin_metrics=False),
         "pmm": training.make_train_step(
