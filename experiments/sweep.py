@@ -109,7 +109,7 @@ def _run_points(config, base, points: dict, workdir: str) -> dict:
     rows = []
     for name, (family, value, point) in points.items():
         result = train_method(merge(base, point), dataset, os.path.join(workdir, name), name=name)
-        acc = np.asarray(result.test_accuracy)  # final_split="validation": validation accuracy
+        acc = np.asarray(result.final_accuracy)  # final_split="validation": validation accuracy
         rows.append(
             {
                 "family": family,
