@@ -92,7 +92,9 @@ def _global_from_replicated(x, sharding):
     return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
 
-def batch_sharding(mesh: Mesh, *, batch_axis: int = 0, axis_name: str | None = None):
+def batch_sharding(
+    mesh: Mesh, *, batch_axis: int = 0, axis_name: str | None = None
+) -> NamedSharding:
     """The sharding of a batch split over ``mesh`` along its axis ``batch_axis``.
 
     Args:
@@ -110,7 +112,9 @@ def batch_sharding(mesh: Mesh, *, batch_axis: int = 0, axis_name: str | None = N
     return NamedSharding(mesh, P(*([None] * batch_axis), axis_name))
 
 
-def shard_batch_on_mesh(local_batch, mesh: Mesh, axis_name: str = DATA_AXIS, *, batch_axis=0):
+def shard_batch_on_mesh(
+    local_batch, mesh: Mesh, axis_name: str = DATA_AXIS, *, batch_axis: int = 0
+):
     """Host-local numpy batch -> global arrays sharded over ``axis_name`` on ``mesh``.
 
     Each process passes its own rows; the global batch is their concatenation
