@@ -9,6 +9,7 @@ must be written by process 0 only); OUT.json gets what each process saw.
 """
 
 import builtins
+import io
 import json
 import os
 import sys
@@ -34,7 +35,8 @@ def config():
 
 
 def _record_writes(workdir: str, written: list[str]) -> None:
-    """Wraps ``open`` and ``os.open`` to note writes under ``workdir`` (orbax's aside)."""
+    """Wraps ``open``, ``io.open`` and ``os.open`` to note writes under ``workdir``
+    (orbax's checkpoint folders aside)."""
     real_open, real_os_open = builtins.open, os.open
     root = os.path.realpath(workdir)
 
@@ -54,7 +56,7 @@ def _record_writes(workdir: str, written: list[str]) -> None:
             note(path)
         return real_os_open(path, flags, *args, **kwargs)
 
-    builtins.open, os.open = open_, os_open
+    builtins.open, io.open, os.open = open_, open_, os_open  # io.open: zipfile (np.savez)
 
 
 def main(process_id: int, port: int, workdir: str, out: str) -> None:
