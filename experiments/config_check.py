@@ -37,6 +37,7 @@ import ml_collections
 import pmm_jax
 from experiments import optim
 from experiments.data.registry import DATASET_NAMES, is_dataset_name
+from experiments.evaluators import EVALUATOR_NAMES
 from experiments.models import MODEL_NAMES
 
 _MISSING = object()
@@ -210,6 +211,7 @@ FIELDS: dict[str, Rule] = {
     "eval_split": Rule(NAME.allowed, NAME.ok, required=True),
     "final_split": NAME,
     "evaluate_all_splits": BOOL,
+    "evaluators": tuple_of(one_of(EVALUATOR_NAMES), "names among " + ", ".join(EVALUATOR_NAMES)),
     "save_best": BOOL,
     "keep_checkpoints": integer(1, required=True),
     # A seed that skips more than this fraction of its steps (non-finite) fails the run.

@@ -19,13 +19,14 @@ from experiments.data.registry import dataset_info
 def count_params(config) -> int:
     """Parameter count of the config's model via ``jax.eval_shape`` (no memory)."""
     from experiments.models import get_model
+    from experiments.models.common import param_count
 
     num_classes, input_spec = dataset_info(config.dataset, **config.dataset_kwargs)
     model = get_model(config.model, num_classes=num_classes, **config.model_kwargs)
     x = sample_input(input_spec, batch=1, abstract=True)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     variables = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(variables["params"]))
+    return param_count(variables["params"])
 
 
 def print_configs(config_dir: str) -> None:

@@ -62,14 +62,20 @@ def paired_comparison(treated: list[float], baseline: list[float]) -> dict:
 
 
 def format_table(methods: dict[str, dict]) -> str:
+    """One line per method: final accuracy (mean ± std over seeds), margins, wall time.
+
+    The accuracy column names the methods' ``final_split`` (e.g. "test accuracy").
+    """
+    splits = {m.get("final_split", "test") for m in methods.values()}
+    split = splits.pop() if len(splits) == 1 else "final"
     w = max([14, *(len(name) for name in methods)])  # the method column fits every name
     lines = [
-        f"{'method':<{w}} {'test accuracy (%)':>20} {'margin mean':>12} {'margin p10':>11} "
+        f"{'method':<{w}} {f'{split} accuracy (%)':>20} {'margin mean':>12} {'margin p10':>11} "
         f"{'wall time':>10}",
         "-" * (w + 58),
     ]
     for name, m in methods.items():
-        acc_m, acc_s = _mean_std(np.asarray(m["test_accuracy"]) * 100)
+        acc_m, acc_s = _mean_std(np.asarray(m["final_accuracy"]) * 100)
         lines.append(
             f"{name:<{w}} {acc_m:>12.2f} ± {acc_s:<5.2f} {np.mean(m['margin_mean']):>12.4f} "
             f"{np.mean(m['margin_p10']):>11.4f} {m['wall_time_s']:>9.1f}s"
@@ -121,32 +127,32 @@ def format_comparisons(comparisons: dict[str, dict]) -> str:
 DEFAULT_PAIRS = (("pmm", "weight_decay"), ("pmm", "dropout"))
 
 
-def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dict:
-    """Prints the table and paired comparisons; writes summary.json and the plots.
+def summarize(config, dataset_name: str, results: dict) -> dict:
+    """The summary of a run (what ``summary.json`` holds, without the plots).
 
     ``summary.json`` holds ``base_config`` (``config`` as given, before each method's
     overrides) and, per method, ``extra["config"]``: the config that method trained with.
     """
     methods = {name: r.to_json() for name, r in results.items()}
     for m in methods.values():
-        m["test_accuracy_mean"], m["test_accuracy_std"] = _mean_std(m["test_accuracy"])
+        m["final_accuracy_mean"], m["final_accuracy_std"] = _mean_std(m["final_accuracy"])
     comparisons = {}
     if BASELINE in methods:
         for name, m in methods.items():
             if name != BASELINE:
                 comparisons[name] = paired_comparison(
-                    m["test_accuracy"], methods[BASELINE]["test_accuracy"]
+                    m["final_accuracy"], methods[BASELINE]["final_accuracy"]
                 )
     # Other pairs, seed by seed (same seeds, same data order): PMM against the
     # other regularizers, weight decay + PMM against weight decay alone, ...
     pairs = [tuple(p) for p in (config.get("paired_comparisons") or DEFAULT_PAIRS)]
     paired = {
-        f"{a} - {b}": paired_comparison(methods[a]["test_accuracy"], methods[b]["test_accuracy"])
+        f"{a} - {b}": paired_comparison(methods[a]["final_accuracy"], methods[b]["final_accuracy"])
         for a, b in pairs
         if a in methods and b in methods
     }
     pmm_vs = {b: paired[f"{a} - {b}"] for a, b in pairs if a == "pmm" and f"{a} - {b}" in paired}
-    summary = {
+    return {
         "dataset": dataset_name,
         "methods": methods,
         "comparisons_vs_baseline": comparisons,
@@ -160,12 +166,22 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dict:
+    """Prints the table and paired comparisons; writes summary.json and the plots.
+
+    See :func:`summarize` for what the summary holds; ``summary["plots"]`` lists the
+    plot files.
+    """
+    summary = summarize(config, dataset_name, results)
+    methods, paired = summary["methods"], summary["paired"]
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     table = format_table(methods)
     if nonfinite := format_nonfinite(methods):
         table += "\n\n" + nonfinite
-    vs_base = {f"{name} - {BASELINE}": c for name, c in comparisons.items()}
+    vs_base = {f"{name} - {BASELINE}": c for name, c in summary["comparisons_vs_baseline"].items()}
     text = table + ("\n\n" + format_comparisons(vs_base) if vs_base else "")
     if paired:
         text += "\n" + format_comparisons(paired)

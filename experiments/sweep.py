@@ -41,7 +41,8 @@ from ml_collections import config_flags
 from experiments import config_check
 from experiments.configs.common import PAPER_RAMP, PAPER_SCHEDULE, ramp
 from experiments.data.registry import get_dataset
-from experiments.trainer import ConfigChangedError, merge, resolve_pretrained, train_method
+from experiments.models import resolve_pretrained
+from experiments.trainer import ConfigChangedError, merge, train_method
 from experiments.workdir_lock import WorkdirLocked, workdir_lock
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -131,7 +132,7 @@ def _run_points(config, base, points: dict, workdir: str) -> dict:
     rows = []
     for name, (family, value, point) in points.items():
         result = train_method(merge(base, point), dataset, os.path.join(workdir, name), name=name)
-        acc = np.asarray(result.test_accuracy)  # final_split="validation": validation accuracy
+        acc = np.asarray(result.final_accuracy)  # final_split="validation": validation accuracy
         rows.append(
             {
                 "family": family,

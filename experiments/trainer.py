@@ -6,9 +6,18 @@ summary with tables and plots (``experiments/report.py``).
 
 One method's seeds are trained *together*: the train state is stacked over
 seeds and the step is ``jax.vmap``-ed, with ``steps_per_call`` steps fused into
-one jitted ``lax.scan``. The batch is sharded over all devices (``P("data")`` on
-its batch axis), the state replicated, so the same code runs on one CPU, a GPU,
-or many devices and hosts.
+one jitted ``lax.scan``. The batch is sharded over all devices on its batch axis,
+the state replicated, so the same code runs on one CPU, a GPU, or many devices
+and hosts; the sharding (mesh, jit, batch placement, gathering outputs) is
+``pmm_jax.training``'s. What is measured on a split is chosen by name
+(``experiments/evaluators.py``); pretrained weights are loaded by the model's
+family (``experiments.models.load_pretrained``).
+
+The pieces, in the order a method runs: ``train_method`` reads a finished result
+back (``read_result``) or ``_start``s (``build`` the ``Trainee``, resume from the
+latest checkpoint), ``_train``s (``_log_train``, ``_evaluate_during_training``)
+and ``_finish``es (``_evaluate_best``, the final evaluations, ``result.json``).
+Every file the trainer writes is written by process 0 only.
 
 Everything is resumable: checkpoints every ``checkpoint_every_steps`` (orbax),
 metric logs truncated back to the restored step (and repaired if a crash tore
@@ -32,18 +41,16 @@ import hashlib
 import json
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
-import jax.experimental.multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax import lax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from experiments import config_check, optim
+from experiments import config_check, evaluators, models, optim
 from experiments.data.base import Dataset, sample_input
 from experiments.data.registry import get_dataset
 from experiments.metrics_log import MetricsLog, best_from_curves, progress
@@ -268,13 +275,19 @@ def check_nonfinite(checks: list[tuple[MethodResult, float]], workdir: str) -> N
 
 @dataclasses.dataclass
 class MethodResult:
-    """What one method's run produced (per seed where it says so)."""
+    """What one method's run produced (per seed where it says so).
+
+    ``final_accuracy``, ``final_loss`` and the margins are measured on
+    ``final_split`` (``config.final_split``: the test split in the main job, the
+    validation split in sweeps).
+    """
 
     name: str
     seeds: list[int]
-    test_accuracy: list[float]
-    test_loss: list[float]
-    margin_mean: list[float]  # normalized pairwise margin on the test set, per seed
+    final_split: str
+    final_accuracy: list[float]
+    final_loss: list[float]
+    margin_mean: list[float]  # normalized pairwise margin on final_split, per seed
     margin_p10: list[float]
     curves: dict[str, list]  # {"step": [...], "<split>_accuracy": [[per seed] per eval]}
     wall_time_s: float
@@ -282,8 +295,27 @@ class MethodResult:
     config_hash: str
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    # Names in result.json files written before the fields said what they hold.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "test_accuracy": "final_accuracy",
+        "test_loss": "final_loss",
+    }
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MethodResult:
+        """A result read back from ``result.json``, also one with the old field names
+        (``test_accuracy``, ``test_loss``; ``final_split`` then from its config)."""
+        data = dict(data)
+        for old, new in cls.RENAMED.items():
+            if old in data:
+                data.setdefault(new, data.pop(old))
+        if "final_split" not in data:
+            config = (data.get("extra") or {}).get("config") or {}
+            data["final_split"] = config.get("final_split", "test")
+        return cls(**data)
 
 
 def total_steps_of(config, steps_per_epoch: int) -> int:
@@ -312,167 +344,333 @@ def intervals(config, steps_per_epoch: int, total: int) -> dict[str, int]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How long one method trains, and how often it logs, evaluates and saves (in steps)."""
+
+    total: int
+    steps_per_epoch: int
+    every: dict[str, int]  # "log", "eval", "checkpoint"
+
+
+def plan_of(config, dataset: Dataset) -> Plan:
+    steps_per_epoch = max(1, dataset.num_train // config.batch_size)
+    total = total_steps_of(config, steps_per_epoch)
+    return Plan(total, steps_per_epoch, intervals(config, steps_per_epoch, total))
+
+
+# Training batches are [steps_per_call, seeds, batch, ...]: sharded on axis 2.
+TRAIN_BATCH_AXIS = 2
+
+
+@dataclasses.dataclass
+class Trainee:
+    """One method's seeds, trained together: the stacked state and its jitted programs.
+
+    Attributes:
+      state: the train state, every leaf stacked over seeds, replicated on ``mesh``.
+      train_steps: ``(state, batches [steps, seeds, batch, ...]) -> (state, metrics)``:
+        ``steps`` seed-vmapped steps in one ``lax.scan``.
+      eval_step: ``(state, batch [batch, ...]) -> per-example outputs [seeds, batch]``.
+      mesh: the data-parallel mesh (``pmm_jax.training.make_mesh``).
+      seeds: the seeds, in the order of the state's leading axis.
+      evaluators: the evaluator names (``experiments/evaluators.py``).
+    """
+
+    state: training.TrainState
+    train_steps: Callable
+    eval_step: Callable
+    mesh: Mesh
+    seeds: list[int]
+    evaluators: tuple[str, ...]
+
+
+def build(config, dataset: Dataset, mesh: Mesh, plan: Plan) -> Trainee:
+    """The model, optimizer and seed-stacked state of ``config``, and its sharded programs.
+
+    Pretrained weights (``config.pretrained.path``) are loaded by the model's family
+    (``experiments.models.load_pretrained``) into every seed's params.
+    """
+    seeds = [int(s) for s in config.seeds]
+    model = get_model(config.model, num_classes=dataset.num_classes, **config.model_kwargs)
+    tx = optim.make_optimizer(config, plan.steps_per_epoch, plan.total)
+    state = training.create_train_state(model, tx, sample_input(dataset.input_spec), seed=seeds)
+    pretrained = config.get("pretrained")
+    if pretrained and pretrained.get("path"):
+        # The optimizer state does not depend on the initial values (Adam's
+        # moments start at zero), so the weights can be swapped in after init.
+        params = models.load_pretrained(
+            config.model,
+            state.params,
+            pretrained.path,
+            model=model,
+            stacked=True,
+            kind=pretrained.get("kind"),
+        )
+        state = state.replace(params=params)
+    train_step = training.make_train_step(
+        alpha=optim.make_alpha(config.pmm, plan.steps_per_epoch, plan.total),
+        base_loss=optim.base_loss(config.pmm),
+        penalty_reduction=config.pmm.penalty_reduction,
+        stop_radius_gradient=config.pmm.stop_radius_gradient,
+        preprocess=dataset.preprocess,
+    )
+    eval_step = training.make_eval_step(
+        base_loss=optim.base_loss(config.pmm), preprocess=dataset.preprocess
+    )
+
+    def train_steps(state, batches):
+        return lax.scan(jax.vmap(train_step), state, batches)
+
+    return Trainee(
+        state=training.replicate_on_mesh(state, mesh),
+        train_steps=training.jit_sharded(train_steps, mesh, batch_axis=TRAIN_BATCH_AXIS),
+        eval_step=training.jit_sharded(
+            jax.vmap(eval_step, in_axes=(0, None)), mesh, donate=False, out_batch_axis=1
+        ),
+        mesh=mesh,
+        seeds=seeds,
+        evaluators=evaluators.select(config, dataset.extra.get("metrics", ())),
+    )
+
+
+def eval_outputs(
+    trainee: Trainee, dataset: Dataset, split: str, batch_size: int
+) -> evaluators.Outputs:
+    """Per-example outputs ``[seeds, N]`` of the whole ``split`` (on every process)."""
+    chunks = []
+    for batch in dataset.eval_iter(split, batch_size, jax.process_index(), jax.process_count()):
+        out = trainee.eval_step(trainee.state, training.shard_batch_on_mesh(batch, trainee.mesh))
+        chunks.append(training.gather_to_host(out))
+    return evaluators.collect(chunks)
+
+
+def evaluate(trainee: Trainee, dataset: Dataset, split: str, batch_size: int):
+    """``{metric: float[seeds]}`` of the trainee's evaluators on the whole ``split``."""
+    outs = eval_outputs(trainee, dataset, split, batch_size)
+    return evaluators.evaluate(outs, trainee.evaluators)
+
+
+class _Clock:
+    """A method's wall time: what earlier sessions logged, plus this one's since ``start``."""
+
+    def __init__(self, elapsed: float):
+        self.elapsed, self.t0 = elapsed, None
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return self.elapsed + (0.0 if self.t0 is None else time.perf_counter() - self.t0)
+
+
+@dataclasses.dataclass
+class _Run:
+    """One method's run in progress: what the loop, the evaluations and the result share."""
+
+    name: str
+    config: ml_collections.ConfigDict
+    dataset: Dataset
+    plan: Plan
+    trainee: Trainee
+    ckpt: training.Checkpointer
+    best_ckpt: training.Checkpointer | None  # the best state by mean eval_split accuracy
+    log: MetricsLog
+    start_step: int
+    clock: _Clock
+
+
+def _start(config, dataset: Dataset, workdir: str, name: str) -> _Run:
+    """Builds the method's trainee and resumes it from its latest checkpoint, if any."""
+    plan = plan_of(config, dataset)
+    mesh = training.make_mesh(config.get("num_devices", 0) or None)
+    trainee = build(config, dataset, mesh, plan)
+    ckpt = training.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_every=plan.every["checkpoint"],
+        keep=config.keep_checkpoints,
+    )
+    best_ckpt = None
+    if config.get("save_best", False):  # select on validation!
+        best_ckpt = training.Checkpointer(os.path.join(workdir, "best"), save_every=1, keep=1)
+    restored = ckpt.restore_latest(trainee.state)
+    if restored is not None:
+        trainee.state = restored
+    start = int(training.gather_to_host(trainee.state.step)[0])
+    log = MetricsLog(workdir, start_step=start)
+    clock = _Clock(log.meta.get("wall_time_s", 0.0))
+    run = _Run(name, config, dataset, plan, trainee, ckpt, best_ckpt, log, start, clock)
+    if best_ckpt is not None and "best_acc" not in log.meta:
+        # meta.json was lost: the best evaluation so far is the curves' best.
+        best = best_from_curves(log.curves(), f"{config.eval_split}_accuracy")
+        if best is not None:
+            log.set_meta(best_acc=best[0], best_step=best[1])
+    if start:
+        print(f"[{name}] resuming at step {start}/{plan.total}", flush=True)
+    return run
+
+
 def _stack(batches):
     return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
-class _Runner:
-    """Jitted, sharded, seed-vmapped train/eval functions for one method."""
+def _train(run: _Run) -> None:
+    """Trains from ``run.start_step`` to the end: logs, evaluates and checkpoints on the way."""
+    config, trainee, total, every = run.config, run.trainee, run.plan.total, run.plan.every
+    k = config.steps_per_call
+    procs = jax.process_index(), jax.process_count()
+    iters = [
+        run.dataset.train_iter(seed, config.batch_size, *procs, start_step=run.start_step)
+        for seed in trainee.seeds
+    ]
+    run.clock.start()
+    bar = progress(total=total, initial=run.start_step, desc=run.name)
+    step, window = run.start_step, []
+    while step < total:
+        batches = _stack([_stack([next(it) for it in iters]) for _ in range(k)])
+        batches = training.shard_batch_on_mesh(batches, trainee.mesh, batch_axis=TRAIN_BATCH_AXIS)
+        trainee.state, metrics = trainee.train_steps(trainee.state, batches)
+        step += k
+        window.append(metrics)
+        bar.update(k)
+        if step % every["log"] == 0 or step == total:
+            train = _log_train(run, step, window)
+            window = []
+            bar.set_postfix(loss=f"{train['loss']:.3f}", acc=f"{train['accuracy']:.3f}")
+        if step % every["eval"] == 0 or step == total:
+            _evaluate_during_training(run, step)
+        if run.ckpt.save(trainee.state):
+            run.log.set_meta(wall_time_s=run.clock())
+    bar.close()
+    run.ckpt.save(trainee.state, force=True)
+    run.ckpt.close()
 
-    def __init__(self, config, dataset: Dataset, mesh, total_steps: int, steps_per_epoch: int):
-        self.config = config
-        self.dataset = dataset
-        self.mesh = mesh
-        self.seeds = [int(s) for s in config.seeds]
-        model = get_model(config.model, num_classes=dataset.num_classes, **config.model_kwargs)
-        tx = optim.make_optimizer(config, steps_per_epoch, total_steps)
-        self.state = training.create_train_state(model, tx, _sample_input(dataset), seed=self.seeds)
-        pretrained = config.get("pretrained")
-        if pretrained and pretrained.get("path"):
-            # The optimizer state does not depend on the initial values (Adam's
-            # moments start at zero), so the weights can be swapped in after init.
-            self.state = load_pretrained(self.state, model, pretrained)
-        self.state = training.replicate_on_mesh(self.state, mesh)
-        train_step = training.make_train_step(
-            alpha=optim.make_alpha(config.pmm, steps_per_epoch, total_steps),
-            base_loss=optim.base_loss(config.pmm),
-            penalty_reduction=config.pmm.penalty_reduction,
-            stop_radius_gradient=config.pmm.stop_radius_gradient,
-            preprocess=dataset.preprocess,
-        )
-        eval_step = training.make_eval_step(
-            base_loss=optim.base_loss(config.pmm), preprocess=dataset.preprocess
-        )
-        replicated = NamedSharding(mesh, P())
-        # Batches: [steps, seeds, batch, ...] for training, [batch, ...] for eval.
-        train_data = NamedSharding(mesh, P(None, None, "data"))
-        eval_data = NamedSharding(mesh, P("data"))
-        self.train_data, self.eval_data = train_data, eval_data
 
-        def multi_step(state, batches):
-            return lax.scan(jax.vmap(train_step), state, batches)
+def _log_train(run: _Run, step: int, window: list[dict]) -> dict[str, float]:
+    """Logs the train metrics of ``window`` (the calls since the last log), averaged."""
+    train = {
+        key: float(np.mean(np.concatenate([np.asarray(m[key]).ravel() for m in window])))
+        for key in window[0]
+    }
+    run.log.write(step, {f"train/{k}": v for k, v in train.items()}, wall_time_s=run.clock())
+    return train
 
-        self.multi_step = jax.jit(
-            multi_step,
-            in_shardings=(replicated, train_data),
-            out_shardings=(replicated, replicated),
-            donate_argnums=(0,),
-        )
-        self.eval_step = jax.jit(
-            jax.vmap(eval_step, in_axes=(0, None)),
-            in_shardings=(replicated, eval_data),
-            out_shardings=NamedSharding(mesh, P(None, "data")),
-        )
 
-    def split_metrics(self, outs) -> dict[str, np.ndarray]:
-        """Dataset-specific metrics per seed (e.g. F1 for GLUE's QQP and MRPC)."""
-        task = self.dataset.extra.get("task")
-        if task is None or "f1" not in self.dataset.extra.get("metrics", ()):
-            return {}
-        from experiments.data.glue import glue_metrics
+def _evaluate_during_training(run: _Run, step: int) -> None:
+    """Evaluates on ``eval_split`` (a curve point); keeps the best state if asked."""
+    split = run.config.eval_split
+    ev = evaluate(run.trainee, run.dataset, split, run.config.eval_batch_size)
+    run.log.write(
+        step,
+        {
+            f"{split}/accuracy": float(ev["accuracy"].mean()),
+            f"{split}/margin_mean": float(ev["margin_mean"].mean()),
+        },
+        curve_point={f"{split}_accuracy": ev["accuracy"].tolist()},
+        wall_time_s=run.clock(),
+    )
+    if run.best_ckpt is not None and ev["accuracy"].mean() > run.log.meta.get("best_acc", -1.0):
+        run.best_ckpt.save(run.trainee.state, force=True)
+        run.log.set_meta(best_acc=float(ev["accuracy"].mean()), best_step=step)
 
-        f1 = [
-            glue_metrics(task.name, p, y)["f1"]
-            for p, y in zip(outs["pred"], outs["label"], strict=True)
-        ]
-        return {"f1": np.asarray(f1)}
 
-    def put(self, batch, sharding, batch_axis):
-        procs = jax.process_count()
-
-        def one(x):
-            x = np.asarray(x)
-            shape = list(x.shape)
-            shape[batch_axis] *= procs
-            training.check_divisible(shape[batch_axis], self.mesh.devices.size)
-            return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
-
-        return jax.tree.map(one, batch)
-
-    def evaluate(self, split: str, *, keep_examples: bool = False) -> dict[str, np.ndarray]:
-        """Per-seed metrics on a whole split; per-example arrays if asked."""
-        bsz = self.config.eval_batch_size
-        chunks = []
-        it = self.dataset.eval_iter(split, bsz, jax.process_index(), jax.process_count())
-        for batch in it:
-            out = self.eval_step(self.state, self.put(batch, self.eval_data, 0))
-            chunks.append(jax.tree.map(_to_host, out))
-        outs = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-        mask = outs["mask"][0]
-        outs = {k: v[:, mask] for k, v in outs.items()}
-        # Normalize margins by the radius of the whole split, per seed.
-        radius = outs["feature_norm"].max(axis=1, keepdims=True)
-        margins = outs["raw_margin"] / np.where(radius > 0, radius, 1.0)
-        result = {
-            "accuracy": outs["correct"].mean(axis=1),
-            "loss": outs["loss"].mean(axis=1),
-            "margin_mean": margins.mean(axis=1),
-            "margin_p10": np.percentile(margins, 10, axis=1),
-            **self.split_metrics(outs),
+def _evaluate_best(run: _Run, final_split: str) -> dict | None:
+    """The best checkpoint's ``final_split`` accuracy (``None`` if none was saved)."""
+    run.best_ckpt.wait()
+    trainee, last_state = run.trainee, run.trainee.state
+    best_state = run.best_ckpt.restore_latest(last_state)
+    out = None
+    if best_state is not None:
+        trainee.state = best_state
+        best = evaluate(trainee, run.dataset, final_split, run.config.eval_batch_size)
+        out = {
+            "step": run.log.meta.get("best_step"),
+            f"{run.config.eval_split}_accuracy": run.log.meta.get("best_acc"),
+            f"{final_split}_accuracy": best["accuracy"].tolist(),
         }
-        if keep_examples:
-            result.update(margins=margins, pre_logits=outs["pre_logits"], label=outs["label"][0])
-        return result
+    trainee.state = last_state
+    run.best_ckpt.close()
+    return out
 
 
-def load_pretrained(state: training.TrainState, model, pretrained) -> training.TrainState:
-    """Loads pretrained weights into every seed's params (heads stay freshly initialized).
-
-    ``pretrained.kind == "hf_bert"``: a Hugging Face BERT-family checkpoint
-    directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
-    """
-    if pretrained.get("kind", "hf_bert") != "hf_bert":
-        raise ValueError(f"Unknown pretrained.kind {pretrained.kind!r}; known: hf_bert.")
-    from experiments.models.bert_import import load_hf_params, read_hf_checkpoint
-
-    weights = read_hf_checkpoint(pretrained.path)
-    seeds = jax.tree.leaves(state.params)[0].shape[0]
-    loaded = []
-    for i in range(seeds):
-        params_i = jax.tree.map(lambda x, i=i: np.asarray(x[i]), state.params)
-        new, report = load_hf_params(weights, params_i, config=model.config, load_head=False)
-        loaded.append(new)
-    print(f"[pretrained] {pretrained.path}: {report}", flush=True)
-    params = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *loaded)
-    return state.replace(params=params)
-
-
-def resolve_pretrained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Points the BERT architecture and the tokenizer at ``config.pretrained.path``.
-
-    For ``model == "bert"``: ``model_kwargs.hf_config`` and the dataset's
-    ``tokenizer`` default to the checkpoint directory, so one flag
-    (``--config.pretrained.path=DIR``) sets all three.
-    """
-    pretrained = config.get("pretrained")
-    if config.model != "bert" or not pretrained:
-        return config
-    config = copy.deepcopy(config)
-    path = pretrained.get("path", "")
-    with config.unlocked():
-        if not path and not config.get("allow_random_init", False):
-            raise ValueError(
-                f"config {config.name!r} fine-tunes a pretrained BERT: set "
-                "--config.pretrained.path=DIR, a directory with config.json, "
-                "model.safetensors (or pytorch_model.bin) and tokenizer.json "
-                "(e.g. a local copy of bert-base-uncased)."
-                + (f" {pretrained.how_to_get}" if pretrained.get("how_to_get") else "")
-            )
-        if path and not config.model_kwargs.get("hf_config"):
-            config.model_kwargs.hf_config = path
-        if path and "tokenizer" in config.dataset_kwargs and not config.dataset_kwargs.tokenizer:
-            config.dataset_kwargs.tokenizer = path
-    return config
+def _finish(run: _Run, workdir: str) -> MethodResult:
+    """Final evaluations; writes ``test_examples.npz`` and ``result.json`` (process 0)."""
+    config, trainee, dataset = run.config, run.trainee, run.dataset
+    final_split = config.get("final_split", "test")
+    skipped = training.gather_to_host(training.nonfinite_steps(trainee.state)).reshape(-1)
+    extra = {
+        "device": str(jax.devices()[0].device_kind),
+        "num_devices": int(trainee.mesh.devices.size),
+        "config": config.to_dict(),  # the effective config of this method
+        # Steps skipped for non-finite gradients (optax.apply_if_finite), per seed.
+        "nonfinite_steps": [int(n) for n in skipped],
+    }
+    if run.best_ckpt is not None and (best := _evaluate_best(run, final_split)) is not None:
+        extra["best"] = best
+    outs = eval_outputs(trainee, dataset, final_split, config.eval_batch_size)
+    final = evaluators.evaluate(outs, trainee.evaluators)
+    extra["final_metrics"] = evaluators.to_lists(final, exclude=evaluators.MARGIN_METRICS)
+    if config.get("evaluate_all_splits", False):
+        extra["splits"] = evaluators.per_split(
+            lambda split: evaluate(trainee, dataset, split, config.eval_batch_size),
+            dataset.eval_splits,
+            done={final_split: final},
+        )
+    wall = run.clock()
+    run.log.set_meta(wall_time_s=wall)
+    run.log.close()
+    _write_examples(os.path.join(workdir, "test_examples.npz"), outs)
+    result = MethodResult(
+        name=run.name,
+        seeds=trainee.seeds,
+        final_split=final_split,
+        final_accuracy=final["accuracy"].tolist(),
+        final_loss=final["loss"].tolist(),
+        margin_mean=final["margin_mean"].tolist(),
+        margin_p10=final["margin_p10"].tolist(),
+        curves=run.log.curves(),
+        wall_time_s=wall,
+        steps=run.plan.total,
+        config_hash=config_hash(config),
+        extra=extra,
+    )
+    _write_json(os.path.join(workdir, "result.json"), result.to_json())
+    return result
 
 
-def _to_host(x):
-    if jax.process_count() > 1:
-        x = jax.experimental.multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
+def _write_json(path: str, data: dict) -> None:
+    """Writes ``data`` to ``path`` atomically, on process 0 only."""
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
 
 
-def _sample_input(dataset: Dataset):
-    return sample_input(dataset.input_spec)
+def _write_examples(path: str, outs: evaluators.Outputs) -> None:
+    """The final split's margins (all seeds), seed 0's features and the labels, for the
+    report's plots; process 0 only."""
+    if jax.process_index() != 0:
+        return
+    np.savez_compressed(
+        path,
+        margins=evaluators.normalized_margins(outs),
+        pre_logits_seed0=outs["pre_logits"][0],
+        label=outs["label"][0],
+    )
+
+
+def read_result(workdir: str, digest: str) -> MethodResult | None:
+    """The method's finished result, if ``workdir`` holds one of the config ``digest``."""
+    path = os.path.join(workdir, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("config_hash") != digest:
+        return None
+    return MethodResult.from_json(saved)
 
 
 def train_method(
@@ -481,176 +679,28 @@ def train_method(
     """Trains all seeds of one method (resuming if possible), then evaluates.
 
     The final evaluation is on ``config.final_split`` (default ``"test"``; the
-    sweep uses ``"validation"``), and is what ``MethodResult.test_accuracy`` holds.
+    sweep uses ``"validation"``): ``MethodResult.final_accuracy`` and the others.
     ``extra["nonfinite_steps"]`` holds, per seed, the steps skipped for
-    non-finite gradients.
+    non-finite gradients. A method whose ``result.json`` is of this config is
+    read back, not trained again. Files are written by process 0 only.
 
     Raises:
+      ConfigChangedError: ``workdir`` holds checkpoints or a result of another config.
       NonFiniteStepsError: (if ``check_nonfinite_steps``) a seed skipped more than
         ``config.max_nonfinite_fraction`` of its steps; raised after the result,
         metrics and checkpoints are written.
     """
     os.makedirs(workdir, exist_ok=True)
     limit = max_nonfinite_fraction(config)
-    digest = config_hash(config)
     check_same_config(config, workdir, name=name)
-    result_path = os.path.join(workdir, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            saved = json.load(f)
-        if saved.get("config_hash") == digest:
-            print(f"[{name}] already finished; read back {result_path}", flush=True)
-            result = MethodResult(**saved)
-            if check_nonfinite_steps:
-                check_nonfinite([(result, limit)], workdir)
-            return result
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
-
-    global_batch = config.batch_size
-    steps_per_epoch = max(1, dataset.num_train // global_batch)
-    total = total_steps_of(config, steps_per_epoch)
-    every = intervals(config, steps_per_epoch, total)
-    k = config.steps_per_call
-    mesh = training.make_mesh(config.get("num_devices", 0) or None)
-    runner = _Runner(config, dataset, mesh, total, steps_per_epoch)
-
-    ckpt = training.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_every=every["checkpoint"],
-        keep=config.keep_checkpoints,
-    )
-    # The best state by mean accuracy on `eval_split` (select on validation!).
-    best_ckpt = None
-    if config.get("save_best", False):
-        best_ckpt = training.Checkpointer(os.path.join(workdir, "best"), save_every=1, keep=1)
-    restored = ckpt.restore_latest(runner.state)
-    if restored is not None:
-        runner.state = restored
-    start = int(np.asarray(_to_host(runner.state.step))[0])
-    log = MetricsLog(workdir, start_step=start)
-    curves = log.curves()  # live: log.write(..., curve_point=...) appends to it
-    elapsed = log.meta.get("wall_time_s", 0.0)
-    split = config.eval_split
-    if best_ckpt is not None and "best_acc" not in log.meta:
-        # meta.json was lost: the best evaluation so far is the curves' best.
-        best = best_from_curves(curves, f"{split}_accuracy")
-        if best is not None:
-            log.set_meta(best_acc=best[0], best_step=best[1])
-    if start:
-        print(f"[{name}] resuming at step {start}/{total}", flush=True)
-
-    iters = [
-        dataset.train_iter(
-            seed, global_batch, jax.process_index(), jax.process_count(), start_step=start
-        )
-        for seed in runner.seeds
-    ]
-    t0 = time.perf_counter()
-    bar = progress(total=total, initial=start, desc=name)
-    step = start
-    window = []
-    while step < total:
-        batches = _stack([_stack([next(it) for it in iters]) for _ in range(k)])
-        runner.state, metrics = runner.multi_step(
-            runner.state, runner.put(batches, runner.train_data, 2)
-        )
-        step += k
-        window.append(metrics)
-        bar.update(k)
-        if step % every["log"] == 0 or step == total:
-            train = {
-                key: float(np.mean(np.concatenate([np.asarray(m[key]).ravel() for m in window])))
-                for key in window[0]
-            }
-            window = []
-            log.write(
-                step,
-                {f"train/{key}": v for key, v in train.items()},
-                wall_time_s=elapsed + time.perf_counter() - t0,
-            )
-            bar.set_postfix(loss=f"{train['loss']:.3f}", acc=f"{train['accuracy']:.3f}")
-        if step % every["eval"] == 0 or step == total:
-            ev = runner.evaluate(split)
-            log.write(
-                step,
-                {
-                    f"{split}/accuracy": float(ev["accuracy"].mean()),
-                    f"{split}/margin_mean": float(ev["margin_mean"].mean()),
-                },
-                curve_point={f"{split}_accuracy": ev["accuracy"].tolist()},
-                wall_time_s=elapsed + time.perf_counter() - t0,
-            )
-            if best_ckpt is not None and ev["accuracy"].mean() > log.meta.get("best_acc", -1.0):
-                best_ckpt.save(runner.state, force=True)
-                log.set_meta(best_acc=float(ev["accuracy"].mean()), best_step=step)
-        if ckpt.save(runner.state):
-            log.set_meta(wall_time_s=elapsed + time.perf_counter() - t0)
-    bar.close()
-    ckpt.save(runner.state, force=True)
-    ckpt.close()
-
-    final_split = config.get("final_split", "test")
-    skipped = np.asarray(_to_host(training.nonfinite_steps(runner.state))).reshape(-1)
-    extra = {
-        "device": str(jax.devices()[0].device_kind),
-        "num_devices": int(mesh.devices.size),
-        "config": config.to_dict(),  # the effective config of this method
-        # Steps skipped for non-finite gradients (optax.apply_if_finite), per seed.
-        "nonfinite_steps": [int(n) for n in skipped],
-    }
-    if best_ckpt is not None:
-        best_ckpt.wait()
-        last_state = runner.state
-        best_state = best_ckpt.restore_latest(runner.state)
-        if best_state is not None:
-            runner.state = best_state
-            best = runner.evaluate(final_split)
-            extra["best"] = {
-                "step": log.meta.get("best_step"),
-                f"{split}_accuracy": log.meta.get("best_acc"),
-                f"{final_split}_accuracy": best["accuracy"].tolist(),
-            }
-        runner.state = last_state
-        best_ckpt.close()
-    final = runner.evaluate(final_split, keep_examples=True)
-    extra["final_metrics"] = {
-        k: v.tolist() for k, v in final.items() if k in ("accuracy", "f1", "loss")
-    }
-    if config.get("evaluate_all_splits", False):
-        extra["splits"] = {}
-        for other in dataset.eval_splits:
-            ev = final if other == final_split else runner.evaluate(other)
-            extra["splits"][other] = {
-                k: v.tolist() for k, v in ev.items() if k in ("accuracy", "f1", "margin_mean")
-            }
-    wall = elapsed + time.perf_counter() - t0
-    log.set_meta(wall_time_s=wall)
-    log.close()
-    np.savez_compressed(
-        os.path.join(workdir, "test_examples.npz"),
-        margins=final["margins"],
-        pre_logits_seed0=final["pre_logits"][0],
-        label=final["label"],
-    )
-    result = MethodResult(
-        name=name,
-        seeds=runner.seeds,
-        test_accuracy=final["accuracy"].tolist(),
-        test_loss=final["loss"].tolist(),
-        margin_mean=final["margin_mean"].tolist(),
-        margin_p10=final["margin_p10"].tolist(),
-        curves=curves,
-        wall_time_s=wall,
-        steps=total,
-        config_hash=digest,
-        extra=extra,
-    )
-    if jax.process_index() == 0:
-        tmp = result_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result.to_json(), f, indent=2)
-        os.replace(tmp, result_path)
+    result = read_result(workdir, config_hash(config))
+    if result is not None:
+        print(f"[{name}] already finished; read back {workdir}/result.json", flush=True)
+    else:
+        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        run = _start(config, dataset, workdir, name)
+        _train(run)
+        result = _finish(run, workdir)
     if check_nonfinite_steps:
         check_nonfinite([(result, limit)], workdir)
     return result
@@ -675,12 +725,10 @@ def train_and_evaluate(
       WorkdirLocked: another run is using ``workdir`` (checked before anything is
         loaded or written).
     """
-    from experiments import report
-
     config_check.validate(config, overrides=overrides)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
-        config = resolve_pretrained(config)
+        config = models.resolve_pretrained(config)
         dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
         config_check.validate(config, num_train=dataset.num_train, eval_splits=dataset.eval_splits)
         results, checks = {}, []
@@ -693,6 +741,15 @@ def train_and_evaluate(
                 check_nonfinite_steps=False,  # checked below, once every method is written
             )
             checks.append((results[name], max_nonfinite_fraction(method_config)))
-        summary = report.write_summary(config, dataset.name, results, workdir)
+        summary = _summarize(config, dataset, results, workdir)
         check_nonfinite(checks, workdir)
         return summary
+
+
+def _summarize(config, dataset: Dataset, results: dict[str, MethodResult], workdir: str) -> dict:
+    """The run's summary; process 0 also prints it and writes it with the plots."""
+    from experiments import report
+
+    if jax.process_index() == 0:
+        return report.write_summary(config, dataset.name, results, workdir)
+    return report.summarize(config, dataset.name, results)

@@ -55,11 +55,24 @@ def main(process_id: int, port: int, out: str) -> None:
         pstate, _ = pstep(pstate, training.split_for_devices(local))
     pmapped = {k: np.asarray(v) for k, v in _flat(training.unreplicate(pstate).params).items()}
 
+    # (c) The trainer's layout: [steps, seeds, batch, ...] batches sharded on axis 2,
+    # per-example outputs [seeds, batch] kept sharded, then gathered on every process.
+    stacked = np.stack([local["x"], 2 * local["x"]])[None]  # [1, 2, half, dim]
+    per_example = training.jit_sharded(
+        lambda scale, b: scale * b.sum(axis=0), mesh, donate=False, batch_axis=2, out_batch_axis=1
+    )
+    scale = training.replicate_on_mesh(np.float32(3), mesh)
+    gathered = training.gather_to_host(
+        per_example(scale, training.shard_batch_on_mesh(stacked, mesh, batch_axis=2))
+    )
+    assert gathered.shape == (2, GLOBAL_BATCH, batch["x"].shape[1])
+
     if process_id == 0:
         np.savez(
             out,
             **{f"sharded/{k}": v for k, v in sharded.items()},
             **{f"pmap/{k}": v for k, v in pmapped.items()},
+            stacked_gathered=gathered,
         )
     jax.distributed.shutdown()
 

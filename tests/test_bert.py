@@ -324,3 +324,30 @@ def test_bert_read_sharded_safetensors(tmp_path):
     read = read_hf_checkpoint(tmp_path)
     assert sorted(read) == keys
     np.testing.assert_array_equal(read[keys[-1]], state[keys[-1]])
+
+
+def test_bert_family_load_fills_every_seed_and_keeps_the_heads(tmp_path, capsys):
+    """experiments.models.load_pretrained -> bert_import.load: the checkpoint into each
+    copy of seed-stacked params (read once); the heads stay as initialized."""
+    from experiments import models
+
+    cfg = tiny_config()
+    state = fake_hf_state_dict(cfg)
+    ckpt = write_checkpoint(tmp_path / "ckpt", cfg, state)
+    model = BertClassifier(cfg, 3)
+    seeds = [init_params(model, random_inputs(cfg), seed=s) for s in (0, 1)]
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *seeds)
+    loaded = models.load_pretrained("bert", stacked, str(ckpt), model=model, stacked=True)
+    want = state["bert.embeddings.word_embeddings.weight"]
+    for i in range(2):
+        got = loaded["encoder"]["embeddings"]["word_embeddings"]["embedding"][i]
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(loaded["head"]["kernel"][i], seeds[i]["head"]["kernel"])
+    assert f"[pretrained] {ckpt}: loaded" in capsys.readouterr().out
+    one = models.load_pretrained("bert", seeds[0], str(ckpt), model=model)
+    embedding = one["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+    np.testing.assert_array_equal(embedding, want)
+    with pytest.raises(ValueError, match=r"Unknown pretrained\.kind"):
+        models.load_pretrained("bert", seeds[0], str(ckpt), model=model, kind="timm")
+    with pytest.raises(ValueError, match="'cnn1d' has no pretrained weights"):
+        models.load_pretrained("cnn1d", seeds[0], str(ckpt), model=model)

@@ -96,7 +96,7 @@ def test_local_variant_trains_and_evaluates_on_mock_data(name, tmp_path):
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=32):
         summary = train_and_evaluate(config, str(tmp_path))
     (method,) = summary["methods"].values()
-    assert len(method["test_accuracy"]) == 1 and 0 <= method["test_accuracy"][0] <= 1
+    assert len(method["final_accuracy"]) == 1 and 0 <= method["final_accuracy"][0] <= 1
     assert method["steps"] == 2
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["dataset"] == config.dataset
@@ -160,4 +160,4 @@ def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path,
         assert set(splits) == {"validation_matched", "validation_mismatched"}
     if name == "glue:mrpc":
         assert "f1" in method["extra"]["final_metrics"]
-    assert 0 <= method["test_accuracy"][0] <= 1
+    assert 0 <= method["final_accuracy"][0] <= 1

@@ -103,7 +103,7 @@ def test_glue_train_iter_shards_and_reshuffles_every_epoch(sst2_dir):
     assert tok_stream(ds.train_iter(8, 4, 0, 1), 5) != two_epochs
     resumed = tok_stream(ds.train_iter(7, 4, 0, 1, start_step=3), 2)
     assert resumed == two_epochs[12:]
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="does not split over 2 processes"):
         ds.train_iter(0, 5, 0, 2)
 
 
@@ -123,6 +123,42 @@ def test_glue_eval_iter_pads_and_covers_the_split_once(sst2_dir):
     assert sorted(seen) == sorted(VALIDATION)
     with pytest.raises(ValueError, match="not 'test'"):
         ds.eval_iter("test", 4, 0, 1)
+
+
+def _concat(batches):
+    """Hosts' batches -> one global batch (rows in process order)."""
+    x = {k: np.concatenate([b["x"][k] for b in batches]) for k in batches[0]["x"]}
+    rest = {k: np.concatenate([b[k] for b in batches]) for k in batches[0] if k != "x"}
+    return {"x": x, **rest}
+
+
+def _assert_same_batch(got, want):
+    assert set(got) == set(want)
+    for k in want["x"]:
+        np.testing.assert_array_equal(got["x"][k], want["x"][k])
+    for k in set(want) - {"x"}:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_glue_global_stream_does_not_depend_on_the_host_count():
+    """1 host and 2 simulated hosts see the same global batches in the same order,
+    across epochs and when resuming (the whole split is shuffled, then split by host)."""
+    tok = tiny_tokenizer()
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = glue.get_glue("mrpc", tok, max_len=16, num_threads=1)
+        single = _take(ds.train_iter(3, 4, 0, 1), 7)  # 28 rows: across two epochs
+        hosts = [_take(ds.train_iter(3, 4, p, 2), 7) for p in range(2)]
+        for step in range(7):
+            assert all(h[step]["y"].shape == (2,) for h in hosts)
+            _assert_same_batch(_concat([h[step] for h in hosts]), single[step])
+        resumed = [_take(ds.train_iter(3, 4, p, 2, start_step=5), 2) for p in range(2)]
+        for step in range(2):
+            _assert_same_batch(_concat([r[step] for r in resumed]), single[5 + step])
+        one = list(ds.eval_iter("validation", 8, 0, 1))
+        two = [list(ds.eval_iter("validation", 8, p, 2)) for p in range(2)]
+        assert len(one) == len(two[0]) == len(two[1]) == 2
+        for step in range(2):
+            _assert_same_batch(_concat([h[step] for h in two]), one[step])
 
 
 def test_glue_pair_tasks_with_mock_data():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.models import get_model
-from experiments.models.common import count_params
+from experiments.models.common import count_params, param_count
 from experiments.models.mobilenet import MobileNetV1
 from experiments.models.resnet_cifar import CifarResNet
 from experiments.models.vgg import VGG16BN
@@ -225,3 +225,11 @@ def test_bad_inputs_raise_clear_errors():
     vgg = VGG16BN(width_multiplier=1 / 16)
     with pytest.raises(ValueError, match="at least 32x32"):
         vgg.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+
+
+def test_param_count_of_arrays_and_shapes_agree():
+    """The one parameter counter: real params and eval_shape'd ones count the same."""
+    model = CifarResNet(20)
+    params = model.init(jax.random.key(0), jnp.zeros(CIFAR), train=False)["params"]
+    assert param_count(params) == count_params(model, CIFAR) == 269722
+    assert param_count(jax.eval_shape(lambda: params)) == 269722

@@ -81,8 +81,8 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
         "pmm_paper",
     }
     for m in data["methods"].values():
-        assert len(m["test_accuracy"]) == 2
-        assert all(isinstance(a, float) and 0 <= a <= 1 for a in m["test_accuracy"])
+        assert len(m["final_accuracy"]) == 2
+        assert all(isinstance(a, float) and 0 <= a <= 1 for a in m["final_accuracy"])
         assert len(m["margin_mean"]) == 2 and len(m["margin_p10"]) == 2
         assert m["wall_time_s"] > 0
     assert data["base_config"]["batch_size"] == 96
@@ -91,8 +91,8 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
     # The paper's setting, PMM on top of weight decay, against weight decay alone.
     wd_pmm = data["paired"]["weight_decay_pmm - weight_decay"]
     want = np.subtract(
-        data["methods"]["weight_decay_pmm"]["test_accuracy"],
-        data["methods"]["weight_decay"]["test_accuracy"],
+        data["methods"]["weight_decay_pmm"]["final_accuracy"],
+        data["methods"]["weight_decay"]["final_accuracy"],
     )
     np.testing.assert_allclose(wd_pmm["diff_per_seed"], want)
     # Each method records the config it actually trained with.
@@ -106,10 +106,20 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
     assert "test accuracy" in printed and "pmm - baseline" in printed
     assert "weight_decay_pmm - weight_decay" in printed
 
-    # Rerunning in the same workdir reads finished methods back instead of training.
+    assert all(m["final_split"] == "test" for m in data["methods"].values())
+
+    # Rerunning in the same workdir reads finished methods back instead of training,
+    # also a result.json written before the fields were renamed (test_accuracy, ...).
+    path = tmp_path / "pmm" / "result.json"
+    old = json.loads(path.read_text())
+    old["test_accuracy"], old["test_loss"] = old.pop("final_accuracy"), old.pop("final_loss")
+    del old["final_split"]
+    path.write_text(json.dumps(old))
     again = train_and_evaluate(config, str(tmp_path))
-    assert again["methods"]["pmm"]["test_accuracy"] == summary["methods"]["pmm"]["test_accuracy"]
     assert "already finished" in capsys.readouterr().out
+    for name, m in summary["methods"].items():
+        for key in ("final_split", "final_accuracy", "final_loss", "margin_mean", "curves"):
+            assert again["methods"][name][key] == m[key], (name, key)
 
 
 def test_interrupted_run_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
@@ -139,7 +149,7 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(trainer, "get_dataset", real_get_dataset)
     resumed = train_and_evaluate(config, str(tmp_path / "part"))
     assert "resuming at step 20/40" in capsys.readouterr().out
-    assert resumed["methods"]["pmm"]["test_accuracy"] == full["methods"]["pmm"]["test_accuracy"]
+    assert resumed["methods"]["pmm"]["final_accuracy"] == full["methods"]["pmm"]["final_accuracy"]
     assert resumed["methods"]["pmm"]["curves"] == full["methods"]["pmm"]["curves"]
     log = (tmp_path / "part" / "pmm" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [10, 20, 20, 30, 40, 40]

@@ -118,3 +118,65 @@ def test_step_rng_differs_per_device_and_per_step():
     later = state.replace(step=state.step + 1)
     keys2 = np.asarray(jax.pmap(lambda s: step_rng(s, "b"), axis_name="b")(later))
     assert not np.any(np.all(keys == keys2, axis=-1))
+
+
+def _stacked_toy(seeds=(0, 1)):
+    """A toy state stacked over seeds (as the trainer trains them) and its vmapped step."""
+    state = training.create_train_state(
+        ToyNet(), optax.sgd(0.1, momentum=0.9), np.zeros((2, 6), np.float32), seed=list(seeds)
+    )
+    step = training.make_train_step(alpha=ALPHA)
+    return state, step
+
+
+def test_stacked_seed_batches_shard_on_their_batch_axis():
+    """[steps, seeds, batch, ...] batches (batch_axis=2), steps scanned, seeds vmapped:
+    the same params as the same program unsharded."""
+    steps, seeds = 2, 2
+    data = toy_data(n=steps * seeds * GLOBAL_BATCH, big_row=45)
+    batches = {k: v.reshape(steps, seeds, GLOBAL_BATCH, *v.shape[1:]) for k, v in data.items()}
+    state, step = _stacked_toy()
+
+    def multi_step(state, batches):
+        return lax.scan(jax.vmap(step), state, batches)
+
+    want, want_metrics = jax.jit(multi_step)(state, batches)
+    mesh = training.make_mesh()
+    placed = training.shard_batch_on_mesh(batches, mesh, batch_axis=2)
+    assert placed["x"].sharding.spec == training.batch_sharding(mesh, batch_axis=2).spec
+    assert placed["x"].sharding.spec == jax.sharding.PartitionSpec(None, None, "data")
+    assert placed["x"].addressable_shards[0].data.shape == (steps, seeds, 8, 6)
+    sharded = training.jit_sharded(multi_step, mesh, batch_axis=2)
+    got, metrics = sharded(training.replicate_on_mesh(state, mesh), placed)
+    _close(got.params, want.params)
+    np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-5, atol=1e-6)
+    assert metrics["loss"].shape == (steps, seeds) and metrics["loss"].sharding.is_fully_replicated
+
+
+def test_per_example_outputs_stay_sharded_and_gather_to_host():
+    """An eval step vmapped over seeds: outputs [seeds, batch] sharded on axis 1
+    (out_batch_axis=1), gathered to numpy on the host."""
+    state, _ = _stacked_toy()
+    eval_step = jax.vmap(training.make_eval_step(), in_axes=(0, None))
+    batch = _batch()
+    want = jax.jit(eval_step)(state, batch)
+    mesh = training.make_mesh()
+    step = training.jit_sharded(eval_step, mesh, donate=False, out_batch_axis=1)
+    out = step(training.replicate_on_mesh(state, mesh), training.shard_batch_on_mesh(batch, mesh))
+    assert out["loss"].sharding.spec == jax.sharding.PartitionSpec(None, "data")
+    assert out["loss"].shape == (2, GLOBAL_BATCH)
+    host = training.gather_to_host(out)
+    assert all(isinstance(v, np.ndarray) for v in host.values())
+    for name in ("loss", "correct", "pred", "raw_margin", "pre_logits"):
+        np.testing.assert_allclose(host[name], np.asarray(want[name]), rtol=1e-5, atol=1e-6)
+
+
+def test_leaf_without_the_batch_axis_gets_a_clear_error():
+    mesh = training.make_mesh()
+    batch = {"x": np.zeros((2, 3), np.float32)}
+    with pytest.raises(ValueError, match=r"\['x'\] has shape \(2, 3\).*batch axis 2"):
+        training.shard_batch_on_mesh(batch, mesh, batch_axis=2)
+    with pytest.raises(ValueError, match="does not split over 8 devices"):
+        training.shard_batch_on_mesh({"x": np.zeros((2, 3, 12))}, mesh, batch_axis=2)
+    with pytest.raises(ValueError, match="batch_axis"):
+        training.batch_sharding(mesh, batch_axis=-1)

@@ -228,8 +228,8 @@ def test_local_variant_fine_tunes_a_checkpoint_on_a_fake_csv(fake_csv, tmp_path,
     summary = train_and_evaluate(config, str(tmp_path / "run"))
     assert set(summary["methods"]) == {"baseline", "pmm"}
     for method in summary["methods"].values():
-        assert method["steps"] == 2 and len(method["test_accuracy"]) == 2
-        assert all(0 <= a <= 1 for a in method["test_accuracy"])
+        assert method["steps"] == 2 and len(method["final_accuracy"]) == 2
+        assert all(0 <= a <= 1 for a in method["final_accuracy"])
         assert all(np.isfinite(method["margin_mean"]))
     # The checkpoint's weights were loaded (not just its architecture), per method.
     assert capsys.readouterr().out.count(f"[pretrained] {ckpt}: loaded") == 2
@@ -238,7 +238,7 @@ def test_local_variant_fine_tunes_a_checkpoint_on_a_fake_csv(fake_csv, tmp_path,
 def test_trainer_starts_from_the_checkpoint(fake_csv, tmp_path):
     import jax
 
-    from experiments import trainer
+    from experiments import models, trainer
     from experiments.data.registry import get_dataset
     from pmm_jax import training
 
@@ -249,10 +249,11 @@ def test_trainer_starts_from_the_checkpoint(fake_csv, tmp_path):
     with config.unlocked():
         config.pretrained.path = str(ckpt)
         config.dataset_kwargs.csv_path = fake_csv
-    config = trainer.resolve_pretrained(config)
+    config = models.resolve_pretrained(config)
     dataset = get_dataset(config.dataset, **config.dataset_kwargs)
-    runner = trainer._Runner(config, dataset, training.make_mesh(), 2, 3)
-    params = jax.tree.map(np.asarray, runner.state.params)
+    plan = trainer.Plan(total=2, steps_per_epoch=3, every={})
+    trainee = trainer.build(config, dataset, training.make_mesh(), plan)
+    params = jax.tree.map(np.asarray, trainee.state.params)
     want = state["bert.embeddings.word_embeddings.weight"]
     for seed in range(len(config.seeds)):
         got = params["encoder"]["embeddings"]["word_embeddings"]["embedding"][seed]

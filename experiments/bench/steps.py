@@ -38,6 +38,7 @@ from experiments.bench.timing import (
     reset_peak_rss,
     time_interleaved,
 )
+from experiments.models.common import param_count
 from pmm_jax import training
 
 ALPHA = 1e-4  # constant; within the paper's 1e-5 .. 1e-3 ramp
@@ -284,7 +285,7 @@ def bench_workload(
     state0 = training.create_train_state(model, optax.sgd(LR, momentum=MOMENTUM), x, seed=seed)
     _, aux = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), state0.variables, x)
     feature_dim = int(aux["pre_logits"].shape[-1])
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state0.params))
+    num_params = param_count(state0.params)
     variants = {
         "ce": training.make_train_step(alpha=None, margin_metrics=False),
         "pmm": training.make_train_step(

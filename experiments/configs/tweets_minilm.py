@@ -102,7 +102,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model = "bert"
     c.model_kwargs = ml_collections.ConfigDict({"hf_config": "", "dtype": "float32", **MINILM_ARCH})
     # The path is resolved here; if the package is missing it stays "" and training
-    # stops at once with HOW_TO_GET (experiments.trainer.resolve_pretrained).
+    # stops at once with HOW_TO_GET (experiments.models.resolve_pretrained).
     c.pretrained = ml_collections.ConfigDict(
         {"kind": "hf_bert", "path": minilm_dir(), "how_to_get": HOW_TO_GET}
     )

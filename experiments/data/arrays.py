@@ -10,15 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from experiments.data.base import Batch
-
-
-def _local_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global batch {global_batch_size} does not split over {process_count} processes"
-        )
-    local = global_batch_size // process_count
-    return slice(process_index * local, (process_index + 1) * local)
+from experiments.data.hosts import host_rows
 
 
 def train_stream(
@@ -39,7 +31,7 @@ def train_stream(
     per_epoch = n // global_batch_size
     if per_epoch == 0:
         raise ValueError(f"batch size {global_batch_size} exceeds the {n} training examples")
-    rows = _local_rows(global_batch_size, process_index, process_count)
+    rows = host_rows(global_batch_size, process_index, process_count)
     epoch, offset = divmod(start_step, per_epoch)
     while True:
         perm = np.random.default_rng([seed, epoch]).permutation(n)
@@ -57,7 +49,7 @@ def eval_stream(
 ) -> Iterator[Batch]:
     """Every example once, in order; the last batch padded with ``mask=False`` rows."""
     n = len(next(iter(arrays.values())))
-    rows = _local_rows(global_batch_size, process_index, process_count)
+    rows = host_rows(global_batch_size, process_index, process_count)
     for start in range(0, n, global_batch_size):
         idx = np.arange(start, start + global_batch_size)
         mask = idx < n

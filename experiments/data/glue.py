@@ -34,7 +34,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from experiments.data.base import Batch, Dataset, DatasetNotPreparedError
+from experiments.data.hosts import host_batches
 from experiments.data.text import TEXT_KEYS, configure, encode_pairs
+from experiments.evaluators import binary_f1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,15 +131,6 @@ def prepare(task: str, data_dir: str | None = None) -> None:
     builder.download_and_prepare(file_format="array_record")
 
 
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} is not divisible by "
-            f"process_count={process_count}."
-        )
-    return global_batch_size // process_count
-
-
 def get_glue(
     task: str,
     tokenizer: Tokenizer,
@@ -161,11 +154,13 @@ def get_glue(
 
     Returns:
       The ``Dataset``. ``train_iter(seed, global_batch_size, process_index,
-      process_count, *, start_step=0)`` shuffles this host's shard (every
-      ``process_count``-th example) anew every epoch; ``eval_iter(split, ...)``
-      pads the split to whole global batches, every host yielding as many
-      batches. ``extra`` holds the ``GlueTask`` and ``metrics`` (names of
-      ``glue_metrics``'s keys).
+      process_count, *, start_step=0)`` shuffles the whole training split anew
+      every epoch and yields this host's rows of each global batch
+      (``experiments/data/hosts.py``: the global stream is the same for any
+      number of hosts); ``eval_iter(split, ...)`` pads the split to whole global
+      batches, every host yielding as many batches. ``extra`` holds the
+      ``GlueTask`` and ``metrics``: the evaluators of the task's paper metric
+      (``experiments/evaluators.py``).
 
     Raises:
       DatasetNotPreparedError: the task is not prepared in ``data_dir``.
@@ -193,10 +188,17 @@ def get_glue(
         *,
         start_step: int = 0,
     ) -> Iterator[Batch]:
-        local = _local_batch_size(global_batch_size, process_count)
-        ds = grain.MapDataset.source(sources["train"])[process_index::process_count]
-        # shuffle -> repeat: a different permutation every epoch (grain reseeds).
-        ds = ds.shuffle(seed=seed).repeat().batch(local, drop_remainder=True, batch_fn=to_batch)
+        # shuffle -> repeat: a different permutation of the whole split every epoch
+        # (grain reseeds); then this host's rows of each global batch.
+        ds = grain.MapDataset.source(sources["train"]).shuffle(seed=seed).repeat()
+        ds = host_batches(
+            ds,
+            global_batch_size,
+            process_index,
+            process_count,
+            drop_remainder=True,
+            batch_fn=to_batch,
+        )
         return iter(ds[start_step:].to_iter_dataset(read_options))
 
     def eval_iter(
@@ -208,17 +210,14 @@ def get_glue(
             )
         source = sources[split]
         n = len(source)
-        local = _local_batch_size(global_batch_size, process_count)
-        num_batches = -(-n // global_batch_size)
-        # Host p reads rows [j*G + p*local, j*G + (p+1)*local) of global batch j.
-        rows = np.arange(num_batches)[:, None] * global_batch_size + process_index * local
-        rows = (rows + np.arange(local)).ravel()
+        total = -(-n // global_batch_size) * global_batch_size  # padded to whole batches
         padding = {"label": 0, "mask": False, **{f: "" for f in spec.text_fields}}
 
         def read(row):
             return {**source[int(row)], "mask": True} if row < n else padding
 
-        ds = grain.MapDataset.source(rows).map(read).batch(local, batch_fn=to_batch)
+        ds = grain.MapDataset.range(total).map(read)
+        ds = host_batches(ds, global_batch_size, process_index, process_count, batch_fn=to_batch)
         return iter(ds.to_iter_dataset(read_options))
 
     return Dataset(
@@ -241,6 +240,8 @@ def _preprocess(rng, batch: Batch, train: bool) -> Batch:
 
 
 def _metric_names(task: str) -> tuple[str, ...]:
+    """The task's evaluators (``experiments/evaluators.py``): accuracy, and F1 where the
+    paper reports it."""
     return ("accuracy", "f1") if _task(task).paper_metric == "f1" else ("accuracy",)
 
 
@@ -267,9 +268,7 @@ def glue_metrics(
     predictions, labels = predictions[keep], labels[keep]
     out = {"accuracy": float(np.mean(predictions == labels)) if labels.size else float("nan")}
     if "f1" in _metric_names(task):
-        tp = np.sum((predictions == 1) & (labels == 1))
-        wrong = np.sum(predictions != labels)  # false positives + false negatives
-        out["f1"] = float(2 * tp / (2 * tp + wrong)) if tp + wrong else 0.0
+        out["f1"] = binary_f1(predictions, labels)
     return out
 
 

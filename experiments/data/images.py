@@ -57,6 +57,7 @@ import numpy as np
 
 from experiments.data import augment
 from experiments.data.base import Batch, Dataset, DatasetNotPreparedError
+from experiments.data.hosts import host_batch_size, host_batches
 
 IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet2012")
 
@@ -134,19 +135,6 @@ def _derived_seeds(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]
 
 
-def _host_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(
-            f"need 0 <= process_index < process_count, got {process_index}, {process_count}."
-        )
-    if global_batch_size < 1 or global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size ({global_batch_size}) must be a positive multiple of "
-            f"process_count ({process_count})."
-        )
-    return global_batch_size // process_count
-
-
 class _Pipeline:
     """Builds the train and eval iterators of one dataset from per-record loaders.
 
@@ -205,7 +193,7 @@ class _Pipeline:
         start_step: int = 0,
     ) -> Iterator[Batch]:
         """Infinite host-local training batches; see the module docstring."""
-        b = _host_batch_size(global_batch_size, process_index, process_count)
+        host_batch_size(global_batch_size, process_index, process_count)  # checks first
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}.")
         shuffle_seed, map_seed = _derived_seeds(seed, 2)
@@ -214,9 +202,8 @@ class _Pipeline:
             ds = ds.random_map(self.load_train, seed=map_seed)
         else:
             ds = ds.map(self.load_train)
-        ds = ds.batch(b, drop_remainder=True)
-        ds = ds[process_index::process_count][start_step:]
-        return self._iterate(ds)
+        ds = host_batches(ds, global_batch_size, process_index, process_count, drop_remainder=True)
+        return self._iterate(ds[start_step:])
 
     def eval_iter(
         self, split: str, global_batch_size: int, process_index: int, process_count: int
@@ -224,7 +211,7 @@ class _Pipeline:
         """The split once, in order, host-local batches, the last one padded (``mask``)."""
         if split not in self.eval_sources:
             raise ValueError(f"Unknown eval split {split!r}; this dataset has {self.eval_splits}.")
-        b = _host_batch_size(global_batch_size, process_index, process_count)
+        host_batch_size(global_batch_size, process_index, process_count)  # checks first
         n, load = self.eval_sources[split]
         total = math.ceil(n / global_batch_size) * global_batch_size
         pad = self.pad_example
@@ -234,8 +221,8 @@ class _Pipeline:
                 return {**load(i), "mask": np.bool_(True)}
             return {**pad, "mask": np.bool_(False)}
 
-        ds = grain.MapDataset.range(total).map(load_or_pad).batch(b)
-        return self._iterate(ds[process_index::process_count])
+        ds = grain.MapDataset.range(total).map(load_or_pad)
+        return self._iterate(host_batches(ds, global_batch_size, process_index, process_count))
 
     @property
     def eval_splits(self) -> tuple[str, ...]:

@@ -20,6 +20,12 @@ The contract every model here follows, and which ``pmm_jax.training`` relies on:
 
 ``get_model(name, **kwargs)`` builds one by name; modules are imported lazily so
 that a missing optional dependency of one model does not break the others.
+
+Pretrained weights are each model family's business (as big_vision's
+``models/*.py`` each own ``load()``): a family that can start from a checkpoint
+registers a module with ``load(params, path, *, model, stacked=False, kind=...)``
+and ``resolve_config(config)``; ``load_pretrained`` and ``resolve_pretrained``
+dispatch to it by model name (BERT: ``experiments.models.bert_import``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ _REGISTRY = {
     "bert": ("experiments.models.bert", "build_classifier"),
 }
 MODEL_NAMES = tuple(_REGISTRY)
+# name -> the module with the family's load() and resolve_config().
+_PRETRAINED = {"bert": "experiments.models.bert_import"}
 
 
 def get_model(name: str, **kwargs):
@@ -45,3 +53,34 @@ def get_model(name: str, **kwargs):
         raise ValueError(f"Unknown model {name!r}; known: {sorted(_REGISTRY)}.")
     module, cls = _REGISTRY[name]
     return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+def _pretrained_module(name: str):
+    if name not in _PRETRAINED:
+        raise ValueError(
+            f"Model {name!r} has no pretrained weights to load; models that do: "
+            f"{sorted(_PRETRAINED)}. Drop `pretrained` from the config."
+        )
+    return importlib.import_module(_PRETRAINED[name])
+
+
+def load_pretrained(name: str, params, path: str, **kwargs):
+    """``params`` with the checkpoint at ``path`` loaded by model ``name``'s family.
+
+    ``kwargs`` (``model``, ``stacked``, ``kind``) go to the family's ``load``.
+
+    Raises:
+      ValueError: model ``name`` has no pretrained loading.
+    """
+    return _pretrained_module(name).load(params, path, **kwargs)
+
+
+def resolve_pretrained(config):
+    """``config`` with what its model family derives from ``config.pretrained``.
+
+    E.g. BERT's architecture and tokenizer default to the checkpoint directory.
+    A config without ``pretrained`` is returned as is.
+    """
+    if not config.get("pretrained"):
+        return config
+    return _pretrained_module(config.model).resolve_config(config)

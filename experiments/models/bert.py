@@ -360,8 +360,9 @@ def build_classifier(
     its ``config.json``; else the ``BertConfig`` defaults (BERT-base) apply.
     ``overrides`` replace fields
     (e.g. ``num_layers=2`` for a tiny test model). Registered as ``"bert"`` in
-    ``experiments.models``; the weights themselves are loaded by the trainer
-    (``config.pretrained``), not here.
+    ``experiments.models``; the weights themselves are loaded by this family's
+    ``load`` (``experiments.models.bert_import.load``; ``config.pretrained`` in a
+    training config), not here.
     """
     if config is None:
         config = BertConfig.from_hf_config(hf_config) if hf_config else BertConfig()

@@ -18,10 +18,15 @@ Example::
 
   model, params, report = load_hf_bert("/ckpt/bert-base-uncased", num_classes=2)
   print(report)
+
+The trainer loads checkpoints through this family's :func:`load` and
+:func:`resolve_config` (via ``experiments.models.load_pretrained`` and
+``resolve_pretrained``), as big_vision's model modules own their ``load()``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -305,3 +310,86 @@ def load_hf_bert(
         read_hf_checkpoint(path), params, config=config, load_head=load_head
     )
     return model, params, report
+
+
+# The family's pretrained-weights interface (``experiments.models.load_pretrained`` and
+# ``resolve_pretrained`` dispatch here for ``model="bert"``).
+
+
+def load(
+    params: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    model: BertClassifier,
+    stacked: bool = False,
+    kind: str | None = None,
+) -> dict[str, Any]:
+    """Loads a checkpoint directory's encoder and pooler into ``params``; the head stays.
+
+    The classifier head is never loaded (fine-tuning gets a fresh head, of this
+    model's ``num_classes``). The report is printed as ``[pretrained] PATH: ...``.
+
+    Args:
+      params: ``model``'s freshly initialized params.
+      path: a Hugging Face BERT-family checkpoint directory (``config.json`` +
+        ``model.safetensors`` or ``pytorch_model.bin``).
+      model: the ``BertClassifier`` the params belong to (its ``config``).
+      stacked: every leaf of ``params`` has a leading axis of independent copies
+        (e.g. one per seed, as the trainer stacks them); the checkpoint is read
+        once and loaded into each copy.
+      kind: the checkpoint format: ``"hf_bert"`` (the default, ``None``) only.
+
+    Returns:
+      The new params (nested dicts; stacked like ``params``).
+
+    Raises:
+      CheckpointMismatchError: see ``load_hf_params``.
+    """
+    if kind not in (None, "hf_bert"):
+        raise ValueError(f"Unknown pretrained.kind {kind!r}; known: hf_bert.")
+    weights = read_hf_checkpoint(path)
+    copies = jax.tree.leaves(params)[0].shape[0] if stacked else 1
+    loaded = []
+    for i in range(copies):
+        params_i = jax.tree.map(lambda x, i=i: np.asarray(x[i]), params) if stacked else params
+        new, report = load_hf_params(weights, params_i, config=model.config, load_head=False)
+        loaded.append(new)
+    print(f"[pretrained] {path}: {report}", flush=True)
+    if not stacked:
+        return loaded[0]
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *loaded)
+
+
+def resolve_config(config):
+    """Points the BERT architecture and the tokenizer at ``config.pretrained.path``.
+
+    ``model_kwargs.hf_config`` and the dataset's ``tokenizer`` default to the
+    checkpoint directory, so one flag (``--config.pretrained.path=DIR``) sets all three.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` with ``model="bert"`` and ``pretrained``.
+
+    Returns:
+      A resolved copy of ``config``.
+
+    Raises:
+      ValueError: ``pretrained.path`` is empty and ``allow_random_init`` is not set
+        (with ``pretrained.how_to_get``, if the config says how to get it).
+    """
+    config = copy.deepcopy(config)
+    path = config.pretrained.get("path", "")
+    with config.unlocked():
+        if not path and not config.get("allow_random_init", False):
+            how_to_get = config.pretrained.get("how_to_get")
+            raise ValueError(
+                f"config {config.name!r} fine-tunes a pretrained BERT: set "
+                "--config.pretrained.path=DIR, a directory with config.json, "
+                "model.safetensors (or pytorch_model.bin) and tokenizer.json "
+                "(e.g. a local copy of bert-base-uncased)."
+                + (f" {how_to_get}" if how_to_get else "")
+            )
+        if path and not config.model_kwargs.get("hf_config"):
+            config.model_kwargs.hf_config = path
+        if path and "tokenizer" in config.dataset_kwargs and not config.dataset_kwargs.tokenizer:
+            config.dataset_kwargs.tokenizer = path
+    return config

@@ -1,4 +1,4 @@
-"""Pieces shared by the image models: initializers, the classifier head, counting.
+"""Pieces shared by the models: initializers, the classifier head, parameter counting.
 
 Numerics shared by every model here: the body runs in the module's ``dtype``
 (e.g. ``jnp.bfloat16``) with float32 parameters; the classifier head runs in
@@ -64,6 +64,16 @@ def check_images(x: jax.Array, name: str) -> None:
         raise ValueError(f"{name} expects images [B, H, W, C], got shape {tuple(x.shape)}.")
 
 
+def param_count(params: Any) -> int:
+    """Number of scalars in a parameter tree: arrays, or ``jax.ShapeDtypeStruct``s.
+
+    The one parameter counter of the experiments (``count_params``, ``--list-configs``
+    and the step benchmarks use it). Count ``variables["params"]`` only: BatchNorm
+    statistics are not parameters.
+    """
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
 def count_params(model: nn.Module, input_shape: tuple[int, ...], dtype: Any = jnp.float32) -> int:
     """Number of parameters (the ``"params"`` collection) of ``model``.
 
@@ -86,8 +96,7 @@ def count_params(model: nn.Module, input_shape: tuple[int, ...], dtype: Any = jn
     """
     x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-    leaves = jax.tree_util.tree_leaves(variables.get("params", {}))
-    return int(sum(math.prod(leaf.shape) for leaf in leaves))
+    return param_count(variables.get("params", {}))
 
 
 def conv_partial(module: nn.Module, **defaults) -> Any:

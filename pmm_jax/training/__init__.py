@@ -17,7 +17,9 @@ from pmm_jax.training.checkpoint import (
 )
 from pmm_jax.training.parallel import (
     DATA_AXIS,
+    batch_sharding,
     check_divisible,
+    gather_to_host,
     jit_sharded,
     make_mesh,
     pmap_step,
@@ -38,8 +40,10 @@ __all__ = [
     "CheckpointNotVerifiedWarning",
     "Checkpointer",
     "TrainState",
+    "batch_sharding",
     "check_divisible",
     "create_train_state",
+    "gather_to_host",
     "jit_sharded",
     "make_eval_step",
     "make_mesh",

@@ -26,7 +26,18 @@ pmap (what many existing codebases run; ``jit(shard_map)`` underneath in JAX >=
 
 Multi-host: call ``jax.distributed.initialize()`` first; each process then feeds
 its own rows (``global_batch // process_count``); ``shard_batch_on_mesh`` builds
-the global array from the process-local pieces.
+the global array from the process-local pieces, and ``gather_to_host`` brings
+sharded outputs back to every process as numpy.
+
+The batch axis need not be the leading one: ``batch_axis=k`` shards axis ``k``
+(``P(None, ..., "data")``), e.g. ``[steps, seeds, batch, ...]`` batches of
+several seeds trained together and several steps fused into one call::
+
+    step = jit_sharded(multi_step, mesh, batch_axis=2)
+    state, metrics = step(state, shard_batch_on_mesh(batches, mesh, batch_axis=2))
+
+and an evaluation step whose outputs are per example (``[seeds, batch]``) keeps
+them sharded with ``out_batch_axis=1`` instead of replicating them.
 """
 
 from __future__ import annotations
@@ -81,24 +92,63 @@ def _global_from_replicated(x, sharding):
     return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
 
-def shard_batch_on_mesh(local_batch, mesh: Mesh, axis_name: str = DATA_AXIS):
-    """Host-local numpy batch -> global arrays sharded ``P(axis_name)`` on ``mesh``.
+def batch_sharding(
+    mesh: Mesh, *, batch_axis: int = 0, axis_name: str | None = None
+) -> NamedSharding:
+    """The sharding of a batch split over ``mesh`` along its axis ``batch_axis``.
+
+    Args:
+      mesh: a 1-D data-parallel mesh (:func:`make_mesh`).
+      batch_axis: the batch axis of every leaf; the axes before it (e.g. fused
+        steps, stacked seeds) are not split.
+      axis_name: the mesh axis to split over; ``None``: the mesh's first axis.
+
+    Returns:
+      ``NamedSharding(mesh, P(None, ..., axis_name))`` with ``batch_axis`` Nones.
+    """
+    if batch_axis < 0:
+        raise ValueError(f"`batch_axis` must be >= 0, got {batch_axis}.")
+    axis_name = mesh.axis_names[0] if axis_name is None else axis_name
+    return NamedSharding(mesh, P(*([None] * batch_axis), axis_name))
+
+
+def shard_batch_on_mesh(
+    local_batch, mesh: Mesh, axis_name: str = DATA_AXIS, *, batch_axis: int = 0
+):
+    """Host-local numpy batch -> global arrays sharded over ``axis_name`` on ``mesh``.
 
     Each process passes its own rows; the global batch is their concatenation
-    in process order. Raises ``ValueError`` when the global batch does not split
-    evenly over the mesh's devices.
+    in process order along ``batch_axis`` (default 0: ``P(axis_name)``; e.g. 2
+    for ``[steps, seeds, batch, ...]`` batches: ``P(None, None, axis_name)``).
+    Raises ``ValueError`` when the global batch does not split evenly over the
+    mesh's devices, or a leaf has no axis ``batch_axis``.
     """
-    sharding = NamedSharding(mesh, P(axis_name))
+    sharding = batch_sharding(mesh, batch_axis=batch_axis, axis_name=axis_name)
     num_devices = mesh.shape[axis_name]
     procs = jax.process_count()
 
     def put(path, x):
-        x = _batched_leaf(path, x)
-        global_shape = (x.shape[0] * procs, *x.shape[1:])
-        check_divisible(global_shape[0], num_devices)
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+        x = _batched_leaf(path, x, batch_axis)
+        global_shape = list(x.shape)
+        global_shape[batch_axis] *= procs
+        check_divisible(global_shape[batch_axis], num_devices)
+        return jax.make_array_from_process_local_data(sharding, x, tuple(global_shape))
 
     return jax.tree_util.tree_map_with_path(put, local_batch)
+
+
+def gather_to_host(tree):
+    """Every leaf of ``tree`` as a numpy array holding the *global* value, on every process.
+
+    With one process this is ``np.asarray``; with several, arrays sharded across
+    processes (e.g. per-example outputs sharded over the batch) are all-gathered
+    first, so each process gets the whole of them.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
 
 
 _UNKNOWN = object()
@@ -109,13 +159,31 @@ def _built_axis_name(step: Callable):
     return getattr(step, "axis_name", _UNKNOWN)
 
 
-def jit_sharded(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
-    """Jits ``step(state, batch)`` for a replicated state and a ``P("data")`` batch.
+def jit_sharded(
+    step: Callable,
+    mesh: Mesh,
+    *,
+    donate: bool = True,
+    batch_axis: int = 0,
+    out_batch_axis: int | None = None,
+) -> Callable:
+    """Jits ``step(state, batch)`` for a replicated state and a batch sharded over ``mesh``.
 
-    Outputs (new state, metrics) are replicated. The state's buffers are donated
-    (``donate_argnums=0``) unless ``donate=False``. A step from
-    :func:`make_train_step` must have been built with ``axis_name=None`` (the batch
-    is global inside a sharded ``jit``); one built for ``pmap`` is refused.
+    Args:
+      step: ``(state, batch) -> outputs``. A step from :func:`make_train_step` must
+        have been built with ``axis_name=None`` (the batch is global inside a
+        sharded ``jit``); one built for ``pmap`` is refused.
+      mesh: a 1-D data-parallel mesh (:func:`make_mesh`).
+      donate: donate the state's buffers (``donate_argnums=0``).
+      batch_axis: the batch's sharded axis (see :func:`batch_sharding`); 0 for
+        ``[batch, ...]``, 2 for ``[steps, seeds, batch, ...]``.
+      out_batch_axis: ``None`` (default): the outputs (new state, metrics) are
+        replicated. An int: every output leaf is sharded along that axis instead,
+        for per-example outputs (e.g. 1 for ``[seeds, batch]``); bring them to
+        the host with :func:`gather_to_host`.
+
+    Returns:
+      The jitted step.
     """
     built = _built_axis_name(step)
     if built is not _UNKNOWN and built is not None:
@@ -125,11 +193,12 @@ def jit_sharded(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
             "make_train_step(..., axis_name=None), or use pmap_step."
         )
     replicated = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P(mesh.axis_names[0]))
+    data = batch_sharding(mesh, batch_axis=batch_axis)
+    out = replicated if out_batch_axis is None else batch_sharding(mesh, batch_axis=out_batch_axis)
     return jax.jit(
         step,
         in_shardings=(replicated, data),
-        out_shardings=replicated,
+        out_shardings=out,
         donate_argnums=(0,) if donate else (),
     )
 
@@ -176,13 +245,15 @@ def split_for_devices(local_batch, num_devices: int | None = None):
     return jax.tree_util.tree_map_with_path(split, local_batch)
 
 
-def _batched_leaf(path, x) -> np.ndarray:
-    """``x`` as an array with a leading batch axis; a clear error for a scalar leaf."""
+def _batched_leaf(path, x, batch_axis: int = 0) -> np.ndarray:
+    """``x`` as an array with a batch axis ``batch_axis``; a clear error for a leaf without."""
     x = np.asarray(x)
-    if x.ndim == 0:
+    if x.ndim <= batch_axis:
+        what = f"is a scalar ({x!r})" if x.ndim == 0 else f"has shape {x.shape}"
+        where = "a leading batch axis" if batch_axis == 0 else f"a batch axis {batch_axis}"
         raise ValueError(
-            f"Batch leaf {jax.tree_util.keystr(path) or '(root)'} is a scalar ({x!r}); every "
-            "leaf of a batch needs a leading batch axis. Keep per-batch constants out of the "
+            f"Batch leaf {jax.tree_util.keystr(path) or '(root)'} {what}; every "
+            f"leaf of a batch needs {where}. Keep per-batch constants out of the "
             "batch (close over them), or give them one row per example."
         )
     return x
