@@ -379,10 +379,6 @@ def test_a_run_resumed_with_a_different_model_stops_and_keeps_its_checkpoints(tm
     checkpoints = tmp_path / "pmm" / "checkpoints"
     before = _listing(checkpoints)
 
-    # Without its config.json (lost, or a workdir from before it was recorded) the
-    # changed config is not caught up front (ConfigChangedError); the checkpoint's own
-    # structure check still stops the run.
-    os.remove(tmp_path / "pmm" / "config.json")
     with config.unlocked():
         config.model_kwargs.channels = 8  # a wider model, same workdir
     # The workdir's config.json says what changed, before any checkpoint is read.
