@@ -21,6 +21,7 @@ from experiments.config_check import ConfigError, check
 from experiments.configs import default, sweep_mnist1d, tweets_minilm
 from experiments.configs.listing import load_config
 from experiments.sweep import run_sweep
+from tests.fake_devices import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
@@ -36,7 +37,7 @@ def _cli(workdir, *args):
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+        env=one_device_env(),
     )
     return out.returncode, out.stderr, time.perf_counter() - start
 

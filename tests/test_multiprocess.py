@@ -10,6 +10,7 @@ import numpy as np
 
 from pmm_jax import training
 from tests import multiprocess_worker as worker
+from tests.fake_devices import pjrt_nproc
 from tests.toy import ToyNet, toy_data, toy_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,10 @@ def _free_port() -> int:
 def test_two_process_steps_equal_single_process(tmp_path):
     out = tmp_path / "result.npz"
     port = _free_port()
+    # The workers' own device count, and two XLA:CPU threads per device (tests/fake_devices.py).
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
+    env.pop("PJRT_NPROC", None)
+    env["PJRT_NPROC"] = pjrt_nproc(worker.LOCAL_DEVICES, env)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.multiprocess_worker", str(i), str(port), str(out)],
