@@ -1,23 +1,26 @@
 """Test-session setup shared by tests/ and the doctests in pmm_jax/.
 
-8 fake CPU devices (for pmap / shard_map tests) and float32 matmuls, set before
-JAX initialises its backends. Doctests that use Flax are skipped where it is not
-installed (the core install, ``pip install -e .``, has no Flax).
+8 fake CPU devices (for pmap / shard_map tests) with two XLA:CPU threads per
+device (``PJRT_NPROC``; without them a loop of sharded steps can deadlock a
+collective and XLA aborts the process: see tests/fake_devices.py) and float32
+matmuls, set before JAX initialises its backends. Doctests that use Flax are
+skipped where it is not installed (the core install, ``pip install -e .``, has no
+Flax).
 """
 
 import importlib.util
 import os
 
+from tests.fake_devices import NUM_DEVICES, fake_device_env
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+os.environ.update(fake_device_env(NUM_DEVICES))
 
 import jax
 import pytest
 
 if jax.config.jax_platforms in (None, "", "cpu"):
-    jax.config.update("jax_num_cpu_devices", 8)
+    jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 

@@ -2,5 +2,7 @@
 
 import jax
 
-NUM_DEVICES = 8
+from tests.fake_devices import NUM_DEVICES
+
+__all__ = ["NUM_DEVICES", "ON_CPU"]
 ON_CPU = jax.default_backend() == "cpu"

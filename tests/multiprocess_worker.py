@@ -12,6 +12,7 @@ import sys
 import jax
 
 GLOBAL_BATCH = 32
+LOCAL_DEVICES = 2  # CPU devices per process (test_multiprocess.py sizes PJRT_NPROC for them)
 STEPS = 2
 ALPHA = 6.4e-3  # mean reduction: the penalty term about the size of the cross-entropy
 
@@ -19,7 +20,7 @@ ALPHA = 6.4e-3  # mean reduction: the penalty term about the size of the cross-e
 def main(process_id: int, port: int, out: str) -> None:
     # Before any JAX computation: 2 CPU devices per process, gloo collectives.
     jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", 2)
+    jax.config.update("jax_num_cpu_devices", LOCAL_DEVICES)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_default_matmul_precision", "highest")
     jax.distributed.initialize(
@@ -35,7 +36,8 @@ def main(process_id: int, port: int, out: str) -> None:
     from pmm_jax import training
     from tests.toy import ToyNet, toy_data, toy_state
 
-    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    assert jax.device_count() == 2 * LOCAL_DEVICES
+    assert jax.local_device_count() == LOCAL_DEVICES
     batch = toy_data(n=GLOBAL_BATCH, big_row=21)  # the max-norm row lives in process 1
     half = GLOBAL_BATCH // 2
     local = {k: v[process_id * half : (process_id + 1) * half] for k, v in batch.items()}

@@ -20,6 +20,7 @@ from experiments import config_check, trainer
 from experiments.config_check import ConfigError, check
 from experiments.configs import config_files, default, load_config, sweep_mnist1d, tweets_minilm
 from experiments.sweep import grid_points, run_sweep
+from tests.fake_devices import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
@@ -35,7 +36,7 @@ def _cli(workdir, *args):
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+        env=one_device_env(),
     )
     return out.returncode, out.stderr, time.perf_counter() - start
 

@@ -27,6 +27,7 @@ from experiments.metrics_log import LogRepairWarning, MetricsLog, read_jsonl
 from experiments.sweep import run_sweep
 from experiments.trainer import train_and_evaluate
 from experiments.workdir_lock import WorkdirLocked
+from tests.fake_devices import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [
@@ -36,7 +37,7 @@ CLI = [
     "--config",
     "experiments/configs/default.py:local",
 ]
-CLI_ENV = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+CLI_ENV = one_device_env()
 
 
 def _config(**overrides):

@@ -12,6 +12,7 @@ import pytest
 
 from pmm_jax import training
 from tests import multiprocess_worker as worker
+from tests.fake_devices import pjrt_nproc
 from tests.toy import ToyNet, toy_data, toy_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,10 @@ def _free_port() -> int:
 def _run_two_processes(module: str, *args: str) -> None:
     """Runs ``python -m module PROCESS_ID PORT *args`` as processes 0 and 1."""
     port = _free_port()
+    # The workers' own device count, and two XLA:CPU threads per device (tests/fake_devices.py).
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
+    env.pop("PJRT_NPROC", None)
+    env["PJRT_NPROC"] = pjrt_nproc(worker.LOCAL_DEVICES, env)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", module, str(i), str(port), *args],

@@ -55,8 +55,9 @@ def kernel_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     # The test session's 8 fake devices (conftest.py) are not the notebooks' business:
-    # 01 and 02 run on one device as for a user, 03 sets its own flags.
+    # 01 and 02 run on one device as for a user, 03 sets its own flags and threads.
     monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("PJRT_NPROC", raising=False)
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugpy's frozen-modules note
     return data_dir
 

@@ -13,6 +13,7 @@ from experiments import trainer
 from experiments.configs import default, sweep_mnist1d
 from experiments.sweep import grid_points, run_sweep
 from experiments.trainer import train_and_evaluate
+from tests.fake_devices import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +25,7 @@ def _cli(*args, timeout=300):
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+        env=one_device_env(),
     )
 
 
