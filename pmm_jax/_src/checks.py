@@ -5,9 +5,13 @@ Two kinds of check, because jit can only see shapes and dtypes:
 * Trace-time (always on, free at run time): ranks, dtypes, a shared batch size,
     ``kernel.shape == (d, k)`` and ``k >= 2``. They run while JAX traces the
     function, so they raise a Python ``TypeError`` / ``ValueError`` that names the
-    argument and the shapes, under ``jit``, ``pmap`` and ``shard_map`` alike.
+    argument and the shapes, under ``jit``, ``pmap`` and ``shard_map`` alike. Under
+    ``class_axis_name`` the shapes are this device's: ``k`` is the local class count
+    (``kernel.shape[1] == logits.shape[1]``, at least 1; ``k >= 2`` over the axis),
+    and labels are global ids, so they may exceed it.
 * Values (opt-in): labels outside ``[0, k)`` and NaN/Inf in the inputs cannot be
-    seen at trace time. :func:`validate_batch` checks them with
+    seen at trace time (with a class-sharded head, check the global batch: ``k`` is
+    the ``logits`` given). :func:`validate_batch` checks them with
     ``jax.experimental.checkify``: call it eagerly, or inside a function that you
     wrap with ``checkify.checkify`` (then call ``err.throw()``). Calling it inside a
     plain ``jax.jit`` without ``checkify`` is an error, by checkify's design.

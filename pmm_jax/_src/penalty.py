@@ -38,6 +38,12 @@ a sort, a scan and a scatter (the penalty's forward + backward at B=128, d=64,
 k=10 went from 107 us to 46 us on a 2-core CPU). Both assemblies are bitwise
 reproducible from run to run on every backend.
 
+Sharded heads. With the classes (and possibly the feature rows) of the kernel split
+over mesh axes -- ``class_axis_name`` inside ``shard_map``/``pmap``, or an explicitly
+sharded kernel under ``jit`` -- the same quantities are computed class-parallel with
+``O(B d)`` communication per device (``pmm_jax/_src/sharded.py``; the math in
+``docs/design.md``, "Sharded heads").
+
 Numerics. Everything is computed in float32 whatever the input dtype (bf16/f16
 inputs are upcast after the gather, so the full kernel is never copied; float64
 inputs under ``jax_enable_x64`` stay float64). ``r^2``
