@@ -47,10 +47,27 @@ def test_torch_resnet_steps_run():
         assert np.isfinite(float(step()))
 
 
-@pytest.mark.parametrize("mode", [[], ["profile"], ["determinism"], ["vision"]])
+@pytest.mark.parametrize("mode", [[], ["profile"], ["determinism"], ["vision"], ["sharded-head"]])
 def test_every_mode_of_the_one_cli_parses(mode, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([*mode, "--help"])
     assert exit_.value.code == 0
     usage = capsys.readouterr().out
     assert usage.startswith(f"usage: {' '.join(['python -m experiments.bench', *mode])} ")
+
+
+def test_sharded_head_mode_writes_rows_with_bytes_and_times(tmp_path):
+    out = tmp_path / "sharded.json"
+    args = "sharded-head --ks 512 --batch 16 --dim 8 --reps 2 --out"
+    cli.main([*args.split(), str(out)])
+    result = json.loads(out.read_text())
+    assert result["devices"] == 8 and result["load_avg_start"]
+    rows = {r["form"]: r for r in result["rows"]}
+    assert set(rows) == {"class_parallel", "all_gathered", "explicit_jit", "auto_jit"}
+    for row in rows.values():
+        assert row["k"] == 512 and row["time_ms"] > 0 and row["collectives"] > 0
+        assert row.get("max_rel_error_vs", {"class_parallel": 0.0})["class_parallel"] < 1e-5
+    # The class-parallel forms move no k/n-sized array; the all-gathered one does.
+    assert rows["class_parallel"]["largest_dim"] < 512 // 4
+    assert rows["explicit_jit"]["bytes"] == rows["class_parallel"]["bytes"]
+    assert rows["all_gathered"]["largest_dim"] == 512

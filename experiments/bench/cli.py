@@ -4,6 +4,7 @@
   python -m experiments.bench profile WORKLOAD [--alpha 1e-4] [--steps 2] [--top 12]
   python -m experiments.bench determinism --out determinism.json [--repeats 10]
   python -m experiments.bench vision [--tiny] [--only NAME ...] [--out vision.json]
+  python -m experiments.bench sharded-head --out sharded_head.json [--ks 32768,262144]
 
 Without a mode it runs the benchmarks. Workloads (``--only``, repeatable):
 ``cnn1d``, ``resnet44`` (batch 64 and 128, with the PyTorch peer when torch is
@@ -22,7 +23,9 @@ JSON: ``{"device", "jax", "rows": [{"name", "batch", "ce_step_ms", "pmm_step_ms"
 The modes (the first argument) hand the rest of the command line to a module's
 ``main``: ``profile`` -> ``experiments.bench.profile_step``, ``determinism`` ->
 ``experiments.bench.determinism``, ``vision`` -> ``experiments.bench.vision`` (its
-own flags: one model, batch scale, tiny models). ``MODE --help`` lists them.
+own flags: one model, batch scale, tiny models), ``sharded-head`` ->
+``experiments.bench.sharded_head`` (8 fake CPU devices, set before JAX starts).
+``MODE --help`` lists them.
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ MODES = {  # first argument -> module whose main(argv) gets the rest
     "profile": "experiments.bench.profile_step",
     "determinism": "experiments.bench.determinism",
     "vision": "experiments.bench.vision",
+    "sharded-head": "experiments.bench.sharded_head",
 }
 EPILOG = """modes (the first argument; MODE --help for its flags):
   profile WORKLOAD      where a train step's time goes, per XLA:CPU operation
   determinism --out F   is the kernel gradient bitwise reproducible (ours vs scatter-add)
-  vision                image-model step throughput with on-device augmentation"""
+  vision                image-model step throughput with on-device augmentation
+  sharded-head --out F  PMM on a class-sharded head: class-parallel vs all-gathered"""
 
 
 def _set_threads(threads: int) -> dict:

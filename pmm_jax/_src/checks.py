@@ -5,9 +5,13 @@ Two kinds of check, because jit can only see shapes and dtypes:
 * Trace-time (always on, free at run time): ranks, dtypes, a shared batch size,
     ``kernel.shape == (d, k)`` and ``k >= 2``. They run while JAX traces the
     function, so they raise a Python ``TypeError`` / ``ValueError`` that names the
-    argument and the shapes, under ``jit``, ``pmap`` and ``shard_map`` alike.
+    argument and the shapes, under ``jit``, ``pmap`` and ``shard_map`` alike. Under
+    ``class_axis_name`` the shapes are this device's: ``k`` is the local class count
+    (``kernel.shape[1] == logits.shape[1]``, at least 1; ``k >= 2`` over the axis),
+    and labels are global ids, so they may exceed it.
 * Values (opt-in): labels outside ``[0, k)`` and NaN/Inf in the inputs cannot be
-    seen at trace time. :func:`validate_batch` checks them with
+    seen at trace time (with a class-sharded head, check the global batch: ``k`` is
+    the ``logits`` given). :func:`validate_batch` checks them with
     ``jax.experimental.checkify``: call it eagerly, or inside a function that you
     wrap with ``checkify.checkify`` (then call ``err.throw()``). Calling it inside a
     plain ``jax.jit`` without ``checkify`` is an error, by checkify's design.
@@ -71,8 +75,13 @@ def check_rank(name: str, x, rank: int, layout: str) -> None:
         )
 
 
-def check_logits_labels(logits, labels) -> tuple[int, int]:
-    """Checks ``logits: float[B, k]`` and ``labels: int[B]``; returns ``(B, k)``."""
+def check_logits_labels(logits, labels, *, class_parallel: bool = False) -> tuple[int, int]:
+    """Checks ``logits: float[B, k]`` and ``labels: int[B]``; returns ``(B, k)``.
+
+    ``class_parallel``: the logits are this device's slice of the classes (under
+    ``class_axis_name``), so one local class is enough (the global count is checked where
+    the axis size is known) and labels are global ids, possibly ``>= k``.
+    """
     check_floating("logits", logits)
     check_rank("logits", logits, 2, "[batch, num_classes]")
     check_integer("labels", labels)
@@ -83,7 +92,12 @@ def check_logits_labels(logits, labels) -> tuple[int, int]:
             f"`labels` and `logits` must share the batch size: labels {_shape_of(labels)}, "
             f"logits {_shape_of(logits)}."
         )
-    if k < 2:
+    if class_parallel and k < 1:
+        raise ValueError(
+            f"`logits` has no class on this device (shape {_shape_of(logits)}): under "
+            "`class_axis_name` each device needs at least one class."
+        )
+    if not class_parallel and k < 2:
         raise ValueError(
             f"PMM needs at least 2 classes (a true class and a competitor); `logits` has "
             f"shape {_shape_of(logits)}, i.e. k={k}."
@@ -103,8 +117,12 @@ def check_features(features, batch: int | None = None) -> int:
     return _shape_of(features)[1]
 
 
-def check_kernel(kernel, dim: int | None, num_classes: int) -> None:
-    """Checks ``kernel: float[d, k]`` in the Flax ``nn.Dense`` layout."""
+def check_kernel(kernel, dim: int | None, num_classes: int, *, class_parallel=False) -> None:
+    """Checks ``kernel: float[d, k]`` in the Flax ``nn.Dense`` layout.
+
+    Under ``class_axis_name`` (``class_parallel``) ``k`` is the local class count: the
+    kernel's and the logits' slices must match.
+    """
     check_floating("kernel", kernel)
     check_rank("kernel", kernel, 2, "[feature_dim, num_classes], the flax Dense layout")
     shape = _shape_of(kernel)
@@ -113,6 +131,12 @@ def check_kernel(kernel, dim: int | None, num_classes: int) -> None:
         hint = ""
         if dim is not None and shape == (num_classes, dim):
             hint = " It looks transposed (PyTorch nn.Linear stores [k, d]); pass `kernel.T`."
+        elif class_parallel:
+            hint = (
+                " Under `class_axis_name` both are this device's slice of the classes: pass "
+                "kernel[:, classes_local] with logits[:, classes_local] (shard_map in_specs "
+                "P(None, axis) for the kernel and P(batch, axis) for the logits)."
+            )
         raise ValueError(
             f"`kernel` must have shape {want} = (features.shape[-1], logits.shape[-1]); got "
             f"{shape}.{hint}"

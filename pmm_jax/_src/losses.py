@@ -26,6 +26,14 @@ over the global count of valid examples, the radius is the global one, and
 around the (stop-gradient) global value (see :func:`_official_penalty`). With
 ``jax.jit`` over sharded global arrays leave ``axis_name=None``: the batch is
 global already.
+
+Class parallelism. With ``class_axis_name`` the logits and kernel are this device's slice
+of the classes; the base risk is then computed class-parallel for the two built-in base
+losses (cross-entropy: a log-sum-exp with ``pmax`` and ``psum`` over the class axis and the
+true-class logit from its owner; the multiclass hinge: ``s_y - s_m`` from the two-stage
+competitor). The returned values are the same on every device of the class axis, and still
+shares over ``axis_name``. Under ``jit`` on an explicit mesh with a sharded head the same
+code runs under an internal ``shard_map`` and the global value is returned.
 """
 
 from __future__ import annotations
@@ -39,8 +47,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from pmm_jax._src import checks
-from pmm_jax._src.penalty import _pairwise_margins, _pmm_penalty, _safe_sqrt
+from pmm_jax._src import checks, sharded
+from pmm_jax._src.penalty import _pairwise_margins, _pmm_penalty, _safe_sqrt, _varying_axes
 
 Array = jax.Array
 PENALTY_REDUCTIONS = ("mean", "official", "sum")
@@ -164,6 +172,7 @@ def pmm_loss(
     penalty_reduction: str = "mean",
     where: Array | None = None,
     axis_name=None,
+    class_axis_name=None,
     stop_radius_gradient: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
     r"""Base risk plus ``alpha`` times the PMM penalty, reduced over the batch.
@@ -201,6 +210,10 @@ def pmm_loss(
       where: optional ``bool[B]`` mask of real examples (padding excluded from
         every term and from the radius). Padded rows must hold finite values.
       axis_name: mapped axis the batch is split over (see module docstring).
+      class_axis_name: mapped axis the classes are split over (``logits`` and ``kernel``
+        hold this device's slice; see :func:`pmm_jax.pmm_penalty`). ``base_loss`` must
+        then be one of the two built-in losses above (others raise ``ValueError``:
+        compute your own base risk and add ``alpha * pmm_penalty(...)``).
       stop_radius_gradient: treat the radius as a constant.
 
     Returns:
@@ -229,9 +242,10 @@ def pmm_loss(
       Weinstein, Fine, Hel-Or, "Pairwise Margin Maximization for Deep Neural
       Networks", §IV; the authors' code, github.com/berryweinst/pairwise-margin-maximization.
     """
-    batch, k = checks.check_logits_labels(logits, labels)
+    head = sharded.HeadAxes.from_class_axis_name(class_axis_name)
+    batch, k = checks.check_logits_labels(logits, labels, class_parallel=head is not None)
     dim = checks.check_features(features, batch)
-    checks.check_kernel(kernel, dim, k)
+    checks.check_kernel(kernel, dim, k, class_parallel=head is not None)
     checks.check_where(where, batch)
     if penalty_reduction not in PENALTY_REDUCTIONS:
         raise ValueError(
@@ -239,20 +253,54 @@ def pmm_loss(
         )
     if not callable(base_loss):
         raise TypeError(f"`base_loss` must be callable (logits, labels) -> [B]; got {base_loss!r}.")
-    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    features, kernel = jnp.asarray(features), jnp.asarray(kernel)
-    alpha_value = resolve_alpha(alpha, step)
+    if head is not None:
+        sharded.check_base_loss(base_loss)
+    arrays = {
+        "logits": jnp.asarray(logits),
+        "labels": jnp.asarray(labels),
+        "features": jnp.asarray(features),
+        "kernel": jnp.asarray(kernel),
+        "where": None if where is None else jnp.asarray(where),
+    }
+    kw = dict(
+        alpha=resolve_alpha(alpha, step),
+        base_loss=base_loss,
+        penalty_reduction=penalty_reduction,
+        stop_radius_gradient=stop_radius_gradient,
+    )
+    layout = None if head is not None else sharded.explicit_layout(**arrays)
+    if layout is None:
+        return _pmm_loss(**arrays, axis_name=axis_name, head=head, **kw)
+    return _pmm_loss_explicit(layout, arrays, axis_name=axis_name, **kw)
 
-    valid = jnp.ones((batch,), bool) if where is None else jnp.asarray(where)
-    n_global, num_shards, mean_scale = _shares(valid, axis_name)
 
-    base = base_loss(logits, labels)
+def _check_base(base, batch: int) -> None:
     if jnp.shape(base) != (batch,):
         raise ValueError(
             f"`base_loss` must return per-example values of shape ({batch},); got "
             f"{jnp.shape(base)}."
         )
-    base_risk = jnp.sum(jnp.where(valid, base.astype(jnp.float32), 0.0)) * mean_scale
+
+
+def _pmm_loss(
+    logits,
+    labels,
+    features,
+    kernel,
+    *,
+    where,
+    alpha,
+    base_loss,
+    penalty_reduction,
+    axis_name,
+    stop_radius_gradient,
+    head=None,
+    base=None,
+):
+    """Unchecked :func:`pmm_loss` on this device's arrays (``base``: precomputed ``C_i``)."""
+    batch = logits.shape[0]
+    valid = jnp.ones((batch,), bool) if where is None else where
+    n_global, num_shards, mean_scale = _shares(valid, axis_name)
 
     penalty, r_sq, pair = _pmm_penalty(
         logits,
@@ -262,7 +310,16 @@ def pmm_loss(
         where=where,
         axis_name=axis_name,
         stop_radius_gradient=stop_radius_gradient,
+        head=head,
     )
+    if base is None:
+        if head is not None and head.logit_classes:
+            base = sharded.base_loss(base_loss, logits, labels, pair[1], head.logit_classes)
+        else:
+            base = base_loss(logits, labels)
+    _check_base(base, batch)
+    base_risk = jnp.sum(jnp.where(valid, base.astype(jnp.float32), 0.0)) * mean_scale
+
     if penalty_reduction == "official":
         penalty_reduced = _official_penalty(pair[2], r_sq, valid, n_global, num_shards, axis_name)
     else:
@@ -277,14 +334,49 @@ def pmm_loss(
         radius=radius,
         where=where,
         pair=jax.tree.map(lax.stop_gradient, pair),
+        head=head,
     )
     parts = {
         "base_risk": base_risk,
         "penalty": penalty_reduced,
-        "alpha": alpha_value,
+        "alpha": alpha,
         "radius": radius,
         "mean_margin": jnp.sum(margins) * mean_scale,
         "min_margin": masked_min(margins, valid, axis_name),
         "num_examples": n_global,
     }
-    return base_risk + alpha_value * penalty_reduced, parts
+    return base_risk + alpha * penalty_reduced, parts
+
+
+# The parts that are shares under axis_name (pmean'd); the others are global already.
+_SHARES = ("base_risk", "penalty", "mean_margin")
+
+
+def _pmm_loss_explicit(layout, arrays, *, axis_name, base_loss, **kw):
+    """:func:`pmm_loss` of a head sharded on an explicit mesh, under ``shard_map``.
+
+    Each device computes its share over the layout's batch axes (the data-parallel
+    arithmetic above); their ``pmean`` is the global value, as with ``jit`` elsewhere. A
+    custom ``base_loss`` over class-sharded logits is evaluated on the global arrays first
+    (XLA partitions it) and enters as per-example values.
+    """
+    if layout.head.logit_classes and not sharded.is_builtin_base_loss(base_loss):
+        arrays = {**arrays, "base": base_loss(arrays["logits"], arrays["labels"])}
+        _check_base(arrays["base"], arrays["labels"].shape[0])
+
+    def per_device(head, batch, **local):
+        axes = sharded.axis_names(axis_name) + batch
+        total, parts = _pmm_loss(
+            **local, axis_name=axes or None, head=head, base_loss=base_loss, **kw
+        )
+        if not batch:
+            return total, parts
+        total = lax.pmean(total, batch)
+        for name, value in parts.items():
+            varying = tuple(a for a in batch if a in _varying_axes(value))
+            if varying:  # shares are averaged; the global values only need their type fixed
+                reduce = lax.pmean if name in _SHARES else lax.pmax
+                parts[name] = reduce(value, varying)
+        return total, parts
+
+    return sharded.run_explicit(layout, per_device, arrays, sharded.P())

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from pmm_jax._src import checks
-from pmm_jax._src.penalty import _pmm_penalty
+from pmm_jax._src.penalty import pmm_penalty
 
 Array = jax.Array
 _HeadPath = str | Sequence[str]  # private alias; public signatures spell it out
@@ -124,6 +124,7 @@ def pmm_penalty_from_params(
     logits: Array | None = None,
     where: Array | None = None,
     axis_name=None,
+    class_axis_name=None,
     stop_radius_gradient: bool = False,
 ) -> Array:
     """Per-example PMM penalty straight from a params pytree and features.
@@ -140,7 +141,9 @@ def pmm_penalty_from_params(
       logits: optional ``float[B, k]``; if omitted they are recomputed as
         ``features @ kernel + bias`` (only to pick the competitor class), which
         costs one extra head matmul -- pass them when you have them.
-      where, axis_name, stop_radius_gradient: as in :func:`pmm_jax.pmm_penalty`.
+      where, axis_name, class_axis_name, stop_radius_gradient: as in
+        :func:`pmm_jax.pmm_penalty` (under ``class_axis_name`` the head in ``params`` is
+        this device's slice of the classes, and so are recomputed logits).
 
     Returns:
       ``float32[B]`` penalties.
@@ -161,17 +164,13 @@ def pmm_penalty_from_params(
         logits = features @ kernel.astype(features.dtype)
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
-    batch, k = checks.check_logits_labels(logits, labels)
-    checks.check_features(features, batch)
-    checks.check_kernel(kernel, dim, k)
-    checks.check_where(where, batch)
-    penalty, _, _ = _pmm_penalty(
-        jnp.asarray(logits),
-        jnp.asarray(labels),
+    return pmm_penalty(
+        logits,
+        labels,
         features,
         kernel,
         where=where,
         axis_name=axis_name,
+        class_axis_name=class_axis_name,
         stop_radius_gradient=stop_radius_gradient,
     )
-    return penalty

@@ -39,6 +39,12 @@ a sort, a scan and a scatter (the penalty's forward + backward at B=128, d=64,
 k=10 went from 107 us to 46 us on a 2-core CPU). Both assemblies are bitwise
 reproducible from run to run on every backend.
 
+Sharded heads. With the classes (and possibly the feature rows) of the kernel split
+over mesh axes -- ``class_axis_name`` inside ``shard_map``/``pmap``, or an explicitly
+sharded kernel under ``jit`` -- the same quantities are computed class-parallel with
+``O(B d)`` communication per device (``pmm_jax/_src/sharded.py``; the math in
+``docs/design.md``, "Sharded heads").
+
 Numerics. Everything is computed in float32 whatever the input dtype (bf16/f16
 inputs are upcast after the gather, so the full kernel is never copied; float64
 inputs under ``jax_enable_x64`` stay float64). ``r^2``
@@ -59,7 +65,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pmm_jax._src import checks
+from pmm_jax._src import checks, sharded
 
 Array = jax.Array
 
@@ -69,19 +75,29 @@ def _acc(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def competitor_classes(logits: Array, labels: Array) -> Array:
+def competitor_classes(logits: Array, labels: Array, *, class_axis_name=None) -> Array:
     """The most competitive wrong class of each example.
 
     ``m_i = argmax_{j != y_i} logits[i, j]`` (ties go to the lowest index, as
     ``jnp.argmax``). Integer output: no gradient flows through it.
 
+    Class-parallel (``class_axis_name``, or logits explicitly sharded over classes under
+    ``jit``): the local best wrong class, then over the class axis the largest score and,
+    among the devices holding it, the lowest global index -- exactly the unsharded answer,
+    ties across shards included (a NaN score wins, the first in global order, as in
+    ``jnp.argmax``). Three ``[B]`` all-reduces.
+
     Args:
-      logits: ``float[B, k]`` scores, ``k >= 2``.
+      logits: ``float[B, k]`` scores, ``k >= 2``; under ``class_axis_name`` this device's
+        ``float[B, k / n]`` slice of the classes.
       labels: ``int[B]`` true classes in ``[0, k)`` (not checked under jit; see
-        :func:`pmm_jax.validate_batch`).
+        :func:`pmm_jax.validate_batch`); global class ids under ``class_axis_name``.
+      class_axis_name: mapped axis (``shard_map``/``pmap``) the classes are split over:
+        device ``c`` along it holds classes ``[c k / n, (c + 1) k / n)``. ``None``
+        (default): the logits hold every class.
 
     Returns:
-      ``int32[B]`` competitor classes, always different from ``labels``.
+      ``int32[B]`` competitor classes (global ids), always different from ``labels``.
 
     Example:
       >>> import jax.numpy as jnp, pmm_jax
@@ -89,8 +105,22 @@ def competitor_classes(logits: Array, labels: Array) -> Array:
       >>> pmm_jax.competitor_classes(logits, jnp.array([0, 0])).tolist()
       [1, 1]
     """
-    _, k = checks.check_logits_labels(logits, labels)
-    return _competitor_classes(jnp.asarray(logits), jnp.asarray(labels), k)
+    axes = sharded.axis_names(class_axis_name)
+    _, k = checks.check_logits_labels(logits, labels, class_parallel=bool(axes))
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    if axes:
+        return sharded.competitor_classes(logits, labels, axes)
+    layout = sharded.explicit_layout(logits=logits, labels=labels)
+    if layout is not None:
+        return sharded.run_explicit(
+            layout,
+            lambda head, batch, logits, labels: sharded.competitor_classes(
+                logits, labels, head.logit_classes
+            ),
+            {"logits": logits, "labels": labels},
+            sharded.batch_spec(layout),
+        )
+    return _competitor_classes(logits, labels, k)
 
 
 def _competitor_classes(logits: Array, labels: Array, k: int) -> Array:
@@ -302,6 +332,7 @@ def pmm_penalty(
     *,
     where: Array | None = None,
     axis_name=None,
+    class_axis_name=None,
     stop_radius_gradient: bool = False,
 ) -> Array:
     r"""Per-example Pairwise Margin Maximization penalty (paper Eq. 9).
@@ -318,9 +349,17 @@ def pmm_penalty(
     never through the choice of ``m_i``. The kernel gradient is bitwise
     deterministic (no floating scatter-add; see the module docstring).
 
+    Sharded heads. Under ``jit``, a kernel sharded over classes and/or feature rows
+    (``P(None, "model")``, ``P("model", None)``, FSDP's ``P("data", None)``, ...) on an
+    ``AxisType.Explicit`` mesh is handled class-parallel under an internal ``shard_map``;
+    on an ``Auto`` mesh XLA partitions the program (values and gradients are the same).
+    Inside ``shard_map``/``pmap``, ``class_axis_name`` says that each device holds a slice
+    of the classes. Either way only ``O(B d)`` per device is communicated, never a
+    ``k``-sized array (``pmm_jax._src.sharded``).
+
     Args:
       logits: ``float[B, k]`` scores ``phi @ W + b``; used only to pick ``m_i``.
-      labels: ``int[B]`` true classes.
+      labels: ``int[B]`` true classes (global ids under ``class_axis_name``).
       features: ``float[B, d]`` the last layer's input ``phi``.
       kernel: ``float[d, k]`` the last layer's kernel (flax ``nn.Dense`` layout).
       where: optional ``bool[B]``: ``False`` rows (padding) give 0 and are left
@@ -328,6 +367,13 @@ def pmm_penalty(
       axis_name: mapped axis (``pmap``/``shard_map``) the batch is split over;
         ``r`` is then the collective max over it. ``None`` when the batch is
         already global (single device, or ``jit`` over sharded global arrays).
+      class_axis_name: mapped axis (``shard_map``/``pmap``) the classes are split
+        over: this device holds ``logits[:, classes_local]`` and
+        ``kernel[:, classes_local]``, contiguous equal slices in axis order (so
+        ``kernel.shape[1] == logits.shape[1] == k / n``), and every device along the
+        axis holds the same examples. The result is the same on each of them; each
+        kernel slice gets the gradient of its own columns. Composes with
+        ``axis_name`` (the data axis).
       stop_radius_gradient: if True, treat ``r`` as a constant.
 
     Returns:
@@ -348,24 +394,34 @@ def pmm_penalty(
       Weinstein, Fine, Hel-Or, "Pairwise Margin Maximization for Deep Neural
       Networks", §III, Eq. 9.
     """
-    batch, k = checks.check_logits_labels(logits, labels)
+    head = sharded.HeadAxes.from_class_axis_name(class_axis_name)
+    batch, k = checks.check_logits_labels(logits, labels, class_parallel=head is not None)
     dim = checks.check_features(features, batch)
-    checks.check_kernel(kernel, dim, k)
+    checks.check_kernel(kernel, dim, k, class_parallel=head is not None)
     checks.check_where(where, batch)
-    penalty, _, _ = _pmm_penalty(
-        jnp.asarray(logits),
-        jnp.asarray(labels),
-        jnp.asarray(features),
-        jnp.asarray(kernel),
-        where=where,
-        axis_name=axis_name,
-        stop_radius_gradient=stop_radius_gradient,
-    )
-    return penalty
+    arrays = {
+        "logits": jnp.asarray(logits),
+        "labels": jnp.asarray(labels),
+        "features": jnp.asarray(features),
+        "kernel": jnp.asarray(kernel),
+        "where": where,
+    }
+    kw = dict(axis_name=axis_name, stop_radius_gradient=stop_radius_gradient)
+    layout = None if head is not None else sharded.explicit_layout(**arrays)
+    if layout is None:
+        return _pmm_penalty(**arrays, head=head, **kw)[0]
+
+    def per_device(head, batch, **local):
+        axes = sharded.axis_names(axis_name) + batch
+        return _pmm_penalty(**local, head=head, **{**kw, "axis_name": axes or None})[0]
+
+    return sharded.run_explicit(layout, per_device, arrays, sharded.batch_spec(layout))
 
 
-def _pair_terms(logits, labels, kernel, where):
+def _pair_terms(logits, labels, kernel, where, head=None):
     """Competitors (sanitized under ``where``) and ``||w_y - w_m||^2``: ``[B]`` each."""
+    if head is not None:
+        return sharded.pair_terms(logits, labels, kernel, where, head)
     k = logits.shape[-1]
     competitors = _competitor_classes(logits, labels, k)
     labels, competitors = _sanitize(labels, competitors, where, k)
@@ -373,9 +429,15 @@ def _pair_terms(logits, labels, kernel, where):
     return labels, competitors, _pair_sq_dist(kernel, labels, competitors)
 
 
-def _pmm_penalty(logits, labels, features, kernel, *, where, axis_name, stop_radius_gradient):
-    """Unchecked :func:`pmm_penalty`; also returns ``r^2`` and the pair terms."""
-    pair = _pair_terms(logits, labels, kernel, where)
+def _pmm_penalty(
+    logits, labels, features, kernel, *, where, axis_name, stop_radius_gradient, head=None
+):
+    """Unchecked :func:`pmm_penalty`; also returns ``r^2`` and the pair terms.
+
+    ``head``: a :class:`sharded.HeadAxes` inside ``shard_map``/``pmap`` when the head is
+    split over mesh axes (class-parallel), else ``None``.
+    """
+    pair = _pair_terms(logits, labels, kernel, where, head)
     r_sq = _radius_sq(features, where, axis_name)
     if stop_radius_gradient:
         r_sq = lax.stop_gradient(r_sq)
@@ -392,6 +454,7 @@ def pairwise_margins(
     *,
     radius: Array | float | None = None,
     where: Array | None = None,
+    class_axis_name=None,
 ) -> Array:
     r"""Signed distance of each example to its pairwise boundary (paper Eq. 8).
 
@@ -411,6 +474,8 @@ def pairwise_margins(
       kernel: ``float[d, k]`` last-layer kernel.
       radius: optional scalar to divide by (e.g. :func:`feature_radius`).
       where: optional ``bool[B]``; ``False`` rows give 0.
+      class_axis_name: mapped axis the classes are split over (``logits`` and
+        ``kernel`` hold this device's slice); as in :func:`pmm_penalty`.
 
     Returns:
       ``float32[B]`` signed distances.
@@ -422,19 +487,34 @@ def pairwise_margins(
       >>> pmm_jax.pairwise_margins(logits, jnp.array([0]), kernel).tolist()
       [2.0]
     """
-    batch, k = checks.check_logits_labels(logits, labels)
-    checks.check_kernel(kernel, None, k)
+    head = sharded.HeadAxes.from_class_axis_name(class_axis_name)
+    batch, k = checks.check_logits_labels(logits, labels, class_parallel=head is not None)
+    checks.check_kernel(kernel, None, k, class_parallel=head is not None)
     checks.check_where(where, batch)
-    return _pairwise_margins(
-        jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(kernel), radius=radius, where=where
+    arrays = {
+        "logits": jnp.asarray(logits),
+        "labels": jnp.asarray(labels),
+        "kernel": jnp.asarray(kernel),
+        "where": where,
+        "radius": None if radius is None else jnp.asarray(radius),
+    }
+    layout = None if head is not None else sharded.explicit_layout(**arrays)
+    if layout is None:
+        return _pairwise_margins(**arrays, head=head)
+    return sharded.run_explicit(
+        layout,
+        lambda head, batch, **local: _pairwise_margins(**local, head=head),
+        arrays,
+        sharded.batch_spec(layout),
     )
 
 
-def _pairwise_margins(logits, labels, kernel, *, radius=None, where=None, pair=None):
-    labels, competitors, sq_dist = pair or _pair_terms(logits, labels, kernel, where)
+def _pairwise_margins(logits, labels, kernel, *, radius=None, where=None, pair=None, head=None):
+    labels, competitors, sq_dist = pair or _pair_terms(logits, labels, kernel, where, head)
     acc = _acc(logits.dtype)
-    s_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0].astype(acc)
-    s_m = jnp.take_along_axis(logits, competitors[:, None], axis=-1)[:, 0].astype(acc)
+    classes = head.logit_classes if head is not None else ()
+    s_y = sharded.pick(logits, labels, classes).astype(acc)
+    s_m = sharded.pick(logits, competitors, classes).astype(acc)
     denom = _safe_sqrt(sq_dist)
     if radius is not None:
         denom = denom * jnp.asarray(radius, denom.dtype)
