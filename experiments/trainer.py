@@ -51,6 +51,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from experiments import config_check, evaluators, models, optim
+from experiments.data import feed
 from experiments.data.base import Dataset, sample_input
 from experiments.data.registry import get_dataset
 from experiments.metrics_log import MetricsLog, best_from_curves, progress
@@ -439,8 +440,8 @@ def eval_outputs(
 ) -> evaluators.Outputs:
     """Per-example outputs ``[seeds, N]`` of the whole ``split`` (on every process)."""
     chunks = []
-    for batch in dataset.eval_iter(split, batch_size, jax.process_index(), jax.process_count()):
-        out = trainee.eval_step(trainee.state, training.shard_batch_on_mesh(batch, trainee.mesh))
+    for batch in feed.eval_batches(dataset, split, batch_size, trainee.mesh):
+        out = trainee.eval_step(trainee.state, batch)
         chunks.append(training.gather_to_host(out))
     return evaluators.collect(chunks)
 
@@ -510,26 +511,18 @@ def _start(config, dataset: Dataset, workdir: str, name: str) -> _Run:
     return run
 
 
-def _stack(batches):
-    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
-
-
 def _train(run: _Run) -> None:
     """Trains from ``run.start_step`` to the end: logs, evaluates and checkpoints on the way."""
     config, trainee, total, every = run.config, run.trainee, run.plan.total, run.plan.every
     k = config.steps_per_call
-    procs = jax.process_index(), jax.process_count()
-    iters = [
-        run.dataset.train_iter(seed, config.batch_size, *procs, start_step=run.start_step)
-        for seed in trainee.seeds
-    ]
+    blocks = feed.train_blocks(  # on the device when the dataset has device_data
+        run.dataset, trainee.seeds, config.batch_size, k, trainee.mesh, start_step=run.start_step
+    )
     run.clock.start()
     bar = progress(total=total, initial=run.start_step, desc=run.name)
     step, window = run.start_step, []
     while step < total:
-        batches = _stack([_stack([next(it) for it in iters]) for _ in range(k)])
-        batches = training.shard_batch_on_mesh(batches, trainee.mesh, batch_axis=TRAIN_BATCH_AXIS)
-        trainee.state, metrics = trainee.train_steps(trainee.state, batches)
+        trainee.state, metrics = trainee.train_steps(trainee.state, next(blocks))
         step += k
         window.append(metrics)
         bar.update(k)

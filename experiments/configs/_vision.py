@@ -4,6 +4,20 @@ Each row config imports ``vision_config`` and overrides a few fields. Variants o
 every row config: ``""`` (PMM, the paper's row), ``"baseline"`` (the twin with
 PMM off, everything else equal) and ``"local"`` (tiny model, few steps, for the
 tests and a first try on a laptop).
+
+Data: CIFAR is held whole on the device (``dataset_kwargs.on_device="auto"``,
+~180 MB as uint8): each step's batch is gathered there by step number, and the
+crop + flip, Cutout, AutoAugment and normalization run on the device inside the
+step; ``--config.dataset_kwargs.on_device=False`` feeds the same batches, in the
+same order, from the tfds + grain host pipeline (``experiments/data/feed.py``).
+
+Precision: float32 compute (``model_kwargs.dtype="float32"``, the paper's; on
+GPUs XLA's default matmul precision may use TF32) is the default.
+``--config.model_kwargs.dtype=bfloat16`` opts into bf16 compute of the model's
+body; the parameters, the gradients, the optimizer state and BatchNorm
+statistics stay float32, and the head, the loss and the PMM penalty are computed
+in float32 (``experiments/models/common.py``). ``tests/test_bf16.py`` bounds
+what it changes in a short run.
 """
 
 import ml_collections
@@ -24,7 +38,7 @@ def vision_config(
     c.name = name
     c.dataset = dataset
     c.dataset_kwargs = ml_collections.ConfigDict(
-        {"data_dir": None, "validation_size": 5000, "crop_flip": True}
+        {"data_dir": None, "validation_size": 5000, "crop_flip": True, "on_device": "auto"}
     )
     c.model = model
     c.model_kwargs = ml_collections.ConfigDict(dict(model_kwargs, dtype="float32"))

@@ -15,6 +15,14 @@ global batch):
 it returns the batch with ``"x"`` turned into model inputs (normalization, and
 for ``train=True`` the random augmentation). It must be a pure JAX function of
 ``(rng, batch)`` that works per example (so it can run on any shard).
+
+Two ways to feed the training loop, giving the same batches in the same order
+(``experiments/data/order.py``): the host iterators ``train_iter`` / ``eval_iter``
+(every dataset), and, for a dataset small enough to be held whole on every device
+(CIFAR), ``device_data``: the splits as arrays, from which
+``experiments/data/feed.py`` gathers each batch on the device -- no host pipeline
+in the training loop. The trainer takes its batches from ``feed.train_blocks`` /
+``feed.eval_batches``, which use ``device_data`` when the dataset has it.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class Dataset:
         iterator`` of host-local training batches of ``global_batch_size //
         process_count`` rows, forever, a new shuffle every epoch, deterministic in
         ``seed``; ``start_step`` (keyword) skips that many batches (for resuming).
+        Image datasets follow the order of ``experiments/data/order.py``.
       eval_iter: ``(split, global_batch_size, process_index, process_count) ->
         iterator`` over the whole split once, the last batch padded (``mask``).
       eval_splits: split names that ``eval_iter`` accepts, e.g.
@@ -47,6 +56,8 @@ class Dataset:
       preprocess: ``(rng, batch, train) -> batch`` with ``"x"`` replaced by the
         model-ready input (see module docstring); identity-like for text.
       extra: anything dataset-specific (e.g. metric names for GLUE tasks).
+      device_data: the splits as arrays to hold on the device (see
+        :class:`DeviceData`), or ``None``: fed from the host iterators only.
     """
 
     name: str
@@ -58,6 +69,69 @@ class Dataset:
     eval_splits: tuple[str, ...]
     preprocess: Callable[[Any, Batch, bool], Batch]
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device_data: DeviceData | None = None
+
+
+# (table, start, stop): rows [start, stop) of a table of DeviceData.
+Rows = tuple[str, int, int]
+
+
+@dataclasses.dataclass
+class DeviceData:
+    """A dataset's splits as arrays, to be held whole on every device.
+
+    The arrays are *tables* (``{"x": uint8[M, ...], "y": int32[M]}``); the
+    training stream and each evaluation split are a range of rows of one table,
+    so that splits sharing records (CIFAR's ``"train"`` evaluation split is the
+    training stream) are held once. Record ``i`` of the training stream is row
+    ``start + i`` of its table, in the same record order as ``train_iter``'s.
+
+    Attributes:
+      load: ``() -> {table: {"x": ..., "y": ...}}``, numpy arrays, called once
+        (lazily: building the ``Dataset`` reads nothing; see :meth:`tables`).
+      train: the training stream's ``(table, start, stop)``.
+      eval: split name -> its ``(table, start, stop)`` (the same names as
+        ``Dataset.eval_splits``).
+      nbytes: the tables' size in bytes (what each device holds).
+    """
+
+    load: Callable[[], dict[str, Batch]]
+    train: Rows
+    eval: dict[str, Rows]
+    nbytes: int
+    # The tables once read, and their copies placed on each mesh (experiments/data/feed.py).
+    _tables: dict[str, Batch] | None = dataclasses.field(default=None, init=False, repr=False)
+    _placed: dict[Any, dict[str, Batch]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def tables(self) -> dict[str, Batch]:
+        """The tables as numpy arrays (read on the first call, then kept)."""
+        if self._tables is None:
+            self._tables = self.load()
+        return self._tables
+
+
+# ``on_device="auto"`` holds a dataset on the device when its tables take at most
+# this much of each device's memory.
+DEVICE_BUDGET_BYTES = 2**30
+
+
+def wants_device_data(on_device, nbytes: int) -> bool:
+    """Whether a dataset of ``nbytes`` goes on the device, for ``on_device`` =
+    ``"auto"`` (at most :data:`DEVICE_BUDGET_BYTES`), ``True`` or ``False`` (or
+    ``"true"`` / ``"false"``, as a command line gives them).
+
+    Raises:
+      ValueError: for any other value.
+    """
+    if isinstance(on_device, str) and on_device.lower() in ("auto", "true", "false"):
+        on_device = {"auto": "auto", "true": True, "false": False}[on_device.lower()]
+    if on_device == "auto":
+        return nbytes <= DEVICE_BUDGET_BYTES
+    if isinstance(on_device, bool):
+        return on_device
+    raise ValueError(f'on_device must be "auto", True or False, got {on_device!r}.')
 
 
 class DatasetNotPreparedError(RuntimeError):

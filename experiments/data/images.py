@@ -8,8 +8,9 @@ Get a ``Dataset`` (``experiments/data/base.py``) by name::
     ds = images.get_dataset("imagenet2012", data_dir="/data/tfds")
 
 Reading: ``tfds.data_source(..., download=False)`` opens the prepared ArrayRecord
-files (random access, no TensorFlow); ``grain`` shuffles, shards per host,
-batches and prefetches in threads (and optionally worker processes). Nothing is
+files (random access, no TensorFlow); ``grain`` reads them in the training
+order, shards per host, batches and prefetches in threads (and optionally
+worker processes). Nothing is
 ever downloaded or built here: a dataset that is not prepared raises
 ``DatasetNotPreparedError`` at once, with the one-time command that prepares it
 (``tfds build``, which needs TensorFlow for that step only)::
@@ -25,15 +26,24 @@ way; ImageNet JPEGs are read as raw bytes (``tfds.decode.SkipDecoding``) and
 decoded here with PIL, using JPEG draft mode (DCT-domain downscaling) when the
 crop is to be shrunk anyway.
 
-Streams. Training: the records are shuffled globally with a new permutation
-every epoch (grain's index shuffle, seeded from ``seed``), cut into global
-batches of ``global_batch_size`` consecutive records (batches run across epoch
-boundaries, like ``repeat().batch()``), and host ``p`` of ``P`` gets rows
-``[p b, (p + 1) b)`` of each global batch (``b = global_batch_size / P``): the
-global stream does not depend on the number of hosts, and the hosts' shards are
-disjoint and cover each global batch. Evaluation: the split in order, global
-batches padded at the end with zero images, label 0 and ``mask`` False; every host
-gets the same number of batches.
+Streams. Training: the documented order of ``experiments/data/order.py``, a
+function of ``(seed, step)``: epoch ``e`` visits the records in the permutation
+``order.permutation(seed, e, N)``, global batch ``j`` of the epoch is entries ``[j
+B, (j + 1) B)`` of it (``B = global_batch_size``; the last ``N mod B`` entries are
+dropped, so an epoch is ``N // B`` steps), and host ``p`` of ``P`` gets rows ``[p
+b, (p + 1) b)`` of each global batch (``b = B / P``): the global stream does not
+depend on the number of hosts, and the hosts' shards are disjoint and cover each
+global batch. grain reads it through an explicit index sampler
+(``order.TrainOrder``). Evaluation: the split in order, global batches padded at
+the end with zero images, label 0 and ``mask`` False; every host gets the same
+number of batches.
+
+On the device. CIFAR also offers its splits as arrays (``Dataset.device_data``,
+``on_device``): the whole dataset (~180 MB as uint8) is held on every device and
+``experiments/data/feed.py`` gathers each batch there, in the same order, from the
+step number alone -- the host pipeline above is then not used in training. It is
+the default (``on_device="auto"``: when all splits fit ``DEVICE_BUDGET_BYTES``);
+``on_device=False`` feeds from grain. ImageNet is always fed from grain.
 
 Splits. CIFAR: with ``validation_size=5000`` (default, the paper's protocol) the
 training stream is the first 45,000 images of tfds' ``train`` split and
@@ -55,8 +65,14 @@ from typing import Any
 import grain
 import numpy as np
 
-from experiments.data import augment
-from experiments.data.base import Batch, Dataset, DatasetNotPreparedError
+from experiments.data import augment, order
+from experiments.data.base import (
+    Batch,
+    Dataset,
+    DatasetNotPreparedError,
+    DeviceData,
+    wants_device_data,
+)
 from experiments.data.hosts import host_batch_size, host_batches
 
 IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet2012")
@@ -196,8 +212,8 @@ class _Pipeline:
         host_batch_size(global_batch_size, process_index, process_count)  # checks first
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}.")
-        shuffle_seed, map_seed = _derived_seeds(seed, 2)
-        ds = grain.MapDataset.range(self.num_train).shuffle(seed=shuffle_seed).repeat()
+        _, map_seed = _derived_seeds(order.check_seed(seed), 2)
+        ds = grain.MapDataset.source(order.TrainOrder(seed, self.num_train, global_batch_size))
         if self.random_train:
             ds = ds.random_map(self.load_train, seed=map_seed)
         else:
@@ -233,8 +249,41 @@ def _example(image, label) -> dict:
     return {"x": np.asarray(image, np.uint8), "y": np.int32(label)}
 
 
+def _read_all(n: int, load: Callable[[int], dict], read_options: grain.ReadOptions) -> Batch:
+    """``{"x", "y"}`` of records ``load(0), ..., load(n - 1)`` stacked (grain's threads)."""
+    parts = list(grain.MapDataset.range(n).map(load).batch(1024).to_iter_dataset(read_options))
+    return {key: np.concatenate([p[key] for p in parts]) for key in ("x", "y")}
+
+
 # --------------------------------------------------------------------------------------
 # CIFAR
+
+
+def _cifar_nbytes(n_all: int, n_test: int) -> int:
+    """Bytes of CIFAR's tables on the device: uint8 32x32x3 images, int32 labels."""
+    return (n_all + n_test) * (32 * 32 * 3 + 4)
+
+
+def _cifar_device_data(
+    load_train, load_test, *, n_all: int, n_test: int, num_train: int, num_threads: int
+) -> DeviceData:
+    """Two tables, tfds' ``train`` (training stream, ``"train"`` and ``"validation"``
+    splits) and ``test``, read when the trainer first needs them."""
+    threads = max(num_threads, 1)
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+    splits = {"train": ("train", 0, num_train)}
+    if num_train < n_all:
+        splits["validation"] = ("train", num_train, n_all)
+    splits["test"] = ("test", 0, n_test)
+    return DeviceData(
+        load=lambda: {
+            "train": _read_all(n_all, load_train, read),
+            "test": _read_all(n_test, load_test, read),
+        },
+        train=("train", 0, num_train),
+        eval=splits,
+        nbytes=_cifar_nbytes(n_all, n_test),
+    )
 
 
 def cifar(
@@ -248,6 +297,7 @@ def cifar(
     num_threads: int = 4,
     prefetch_batches: int = 8,
     num_workers: int = 0,
+    on_device: bool | str = "auto",
 ) -> Dataset:
     """CIFAR-10 or CIFAR-100 as a ``Dataset``.
 
@@ -265,10 +315,15 @@ def cifar(
       num_threads: grain reader threads per process.
       prefetch_batches: batches prefetched per process.
       num_workers: grain worker processes (``mp_prefetch``); 0 = none.
+      on_device: offer the splits as ``device_data`` (held whole on every device,
+        batches gathered there: ``experiments/data/feed.py``): ``"auto"`` (when
+        they fit ``DEVICE_BUDGET_BYTES``; CIFAR does, ~180 MB), ``True`` or
+        ``False`` (fed from grain). The batches are the same either way.
 
     Returns:
       A ``Dataset`` with ``x: uint8[b, 32, 32, 3]``, ``y: int32[b]``; its
-      ``preprocess`` runs the augmentation and normalization on the device.
+      ``preprocess`` runs the augmentation and normalization on the device. The
+      records are read when first needed (``device_data`` as a whole, once).
 
     Raises:
       DatasetNotPreparedError: if the dataset is not prepared (at once).
@@ -297,6 +352,16 @@ def cifar(
             functools.partial(load, train_source, num_train),
         )
     eval_sources["test"] = (len(test_source), functools.partial(load, test_source, 0))
+    device_data = None
+    if wants_device_data(on_device, _cifar_nbytes(n_all, len(test_source))):
+        device_data = _cifar_device_data(
+            functools.partial(load, train_source, 0),
+            functools.partial(load, test_source, 0),
+            n_all=n_all,
+            n_test=len(test_source),
+            num_train=num_train,
+            num_threads=num_threads,
+        )
 
     pipeline = _Pipeline(
         num_train=num_train,
@@ -330,6 +395,7 @@ def cifar(
             "train_records": (0, num_train),
             "validation_records": (num_train, n_all),
         },
+        device_data=device_data,
     )
 
 
@@ -468,6 +534,7 @@ def imagenet(
     num_threads: int = 16,
     prefetch_batches: int = 4,
     num_workers: int = 0,
+    on_device: bool | str = "auto",
 ) -> Dataset:
     """ImageNet (ILSVRC2012, tfds ``imagenet2012``) as a ``Dataset``.
 
@@ -491,6 +558,9 @@ def imagenet(
       prefetch_batches: batches prefetched per process.
       num_workers: grain worker processes (``mp_prefetch``); decoding JPEGs is
         CPU-bound, so use several on a real run.
+      on_device: ``"auto"`` or ``False``: ImageNet is always fed from grain (its
+        random crops are cut from the full-size JPEGs on the host); ``True`` is
+        refused.
 
     Returns:
       A ``Dataset`` with ``x: uint8[b, image_size, image_size, 3]``.
@@ -500,6 +570,11 @@ def imagenet(
     """
     if not 0 < image_size <= resize_size:
         raise ValueError(f"need 0 < image_size <= resize_size, got {image_size}, {resize_size}.")
+    if wants_device_data(on_device, 0) and on_device != "auto":
+        raise ValueError(
+            "ImageNet cannot be held on the device (its training crops are cut from the "
+            'full-size JPEGs on the host); use on_device=False or "auto".'
+        )
     import tensorflow_datasets as tfds
 
     decoders = {"image": tfds.decode.SkipDecoding()} if raw_jpeg else None
