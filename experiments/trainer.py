@@ -373,6 +373,8 @@ class Trainee:
       train_steps: ``(state, batches [steps, seeds, batch, ...]) -> (state, metrics)``:
         ``steps`` seed-vmapped steps in one ``lax.scan``.
       eval_step: ``(state, batch [batch, ...]) -> per-example outputs [seeds, batch]``.
+      train_step: the unjitted step of one run, ``(state, batch) -> (state, metrics)``
+        (what ``experiments/runs.py`` combines with other methods' steps).
       mesh: the data-parallel mesh (``pmm_jax.training.make_mesh``).
       seeds: the seeds, in the order of the state's leading axis.
       evaluators: the evaluator names (``experiments/evaluators.py``).
@@ -384,6 +386,7 @@ class Trainee:
     mesh: Mesh
     seeds: list[int]
     evaluators: tuple[str, ...]
+    train_step: Callable | None = None
 
 
 def build(config, dataset: Dataset, mesh: Mesh, plan: Plan) -> Trainee:
@@ -432,6 +435,7 @@ def build(config, dataset: Dataset, mesh: Mesh, plan: Plan) -> Trainee:
         mesh=mesh,
         seeds=seeds,
         evaluators=evaluators.select(config, dataset.extra.get("metrics", ())),
+        train_step=train_step,
     )
 
 
