@@ -35,7 +35,7 @@ from typing import Any
 import ml_collections
 
 import pmm_jax
-from experiments import optim
+from experiments import optim, runs
 from experiments.data.registry import DATASET_NAMES, is_dataset_name
 from experiments.evaluators import EVALUATOR_NAMES
 from experiments.models import MODEL_NAMES
@@ -202,6 +202,9 @@ FIELDS: dict[str, Rule] = {
     "pmm.stop_radius_gradient": Rule(BOOL.allowed, BOOL.ok, required=True),
     # Steps, logs, evaluation, checkpoints (experiments.trainer.intervals).
     "steps_per_call": integer(1, required=True),
+    "epochs_per_call": _NONNEGATIVE,  # > 0: this many epochs per call instead
+    # How the runs (methods x seeds) share a program (experiments/runs.py).
+    "runs_mode": one_of(runs.RUNS_MODES),
     "log_every_steps": integer(1),
     "eval_every_steps": integer(1),
     "checkpoint_every_steps": integer(1),
@@ -378,10 +381,17 @@ def _cross_checks(c: Mapping, ctx: _Context) -> list[_Found]:
 
     # Steps: every interval and the run's length are multiples of steps_per_call.
     k = _get(c, "steps_per_call")
-    if ok["steps_per_call"]:
+    per_call_epochs = _get(c, "epochs_per_call", 0)
+    if ok["steps_per_call"] and ok["epochs_per_call"]:
         steps_per_epoch = None
         if ctx.num_train is not None and ok["batch_size"]:
             steps_per_epoch = max(1, ctx.num_train // _get(c, "batch_size"))
+        if per_call_epochs:
+            if steps_per_epoch is None:
+                k = None  # known once the dataset's size is
+            else:
+                k = max(1, round(per_call_epochs * steps_per_epoch))
+    if k is not None and ok["steps_per_call"] and ok["epochs_per_call"]:
         for what in ("log", "eval", "checkpoint"):
             epochs_field, steps_field = f"{what}_every_epochs", f"{what}_every_steps"
             epochs = _get(c, epochs_field, 0)

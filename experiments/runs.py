@@ -251,6 +251,26 @@ def measure(
     }
 
 
+def agree(choice: dict | None) -> dict | None:
+    """Process 0's ``choice`` (or its ``None``) on every process.
+
+    With several processes each one measures its own timings, and may read a
+    record the others cannot see: all must run the same programs, so process 0
+    decides whether to measure and which mode wins. One process: as it is.
+    """
+    if jax.process_count() == 1:
+        return choice
+    from jax.experimental import multihost_utils
+
+    index = -1 if choice is None else CANDIDATES.index(choice["mode"])
+    index = int(multihost_utils.broadcast_one_to_all(np.int32(index)))
+    if index < 0:
+        return None
+    if choice is None or choice["mode"] != CANDIDATES[index]:
+        choice = {"mode": CANDIDATES[index], "ms_per_step": {}, "from": "process 0"}
+    return choice
+
+
 def read_choice(workdir: str, group: str, hashes: Mapping[str, str]) -> dict | None:
     """The choice ``"auto"`` recorded for ``group`` (methods with these config
     hashes) in ``workdir/runs_mode.json``, if any."""

@@ -50,7 +50,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 
-from experiments import config_check, evaluators, models, optim
+from experiments import config_check, evaluators, models, optim, runs
 from experiments.data import feed
 from experiments.data.base import Dataset, sample_input
 from experiments.data.registry import get_dataset
@@ -147,10 +147,19 @@ UNHASHED_FIELDS = ("max_nonfinite_fraction",)
 DEFAULT_MAX_NONFINITE_FRACTION = 0.01
 
 
+# Fields added after runs were recorded, with the value that computes what those runs
+# did: left out of the hash at that value, so that old workdirs still resume and read back.
+LATER_FIELDS = {"epochs_per_call": 0.0, "runs_mode": "per_method"}
+
+
 def _hashed_fields(config: ml_collections.ConfigDict | dict) -> dict:
     """The fields that decide what a run computes, JSON-normalized (tuples -> lists)."""
     as_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-    fields = {k: v for k, v in as_dict.items() if k not in UNHASHED_FIELDS}
+    fields = {
+        k: v
+        for k, v in as_dict.items()
+        if k not in UNHASHED_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+    }
     return json.loads(json.dumps(fields, sort_keys=True, default=str))
 
 
@@ -325,6 +334,14 @@ def total_steps_of(config, steps_per_epoch: int) -> int:
     return int(config.num_train_steps)
 
 
+def steps_per_call_of(config, steps_per_epoch: int) -> int:
+    """Steps fused into one call: ``epochs_per_call`` epochs if > 0, else ``steps_per_call``."""
+    epochs = config.get("epochs_per_call", 0) or 0
+    if epochs > 0:
+        return max(1, round(epochs * steps_per_epoch))
+    return int(config.steps_per_call)
+
+
 def intervals(config, steps_per_epoch: int, total: int) -> dict[str, int]:
     """Log / eval / checkpoint intervals in steps (``*_every_epochs`` wins if > 0)."""
     out = {}
@@ -333,15 +350,15 @@ def intervals(config, steps_per_epoch: int, total: int) -> dict[str, int]:
         out[what] = (
             round(epochs * steps_per_epoch) if epochs else int(config[f"{what}_every_steps"])
         )
-    k = config.steps_per_call
+    k = steps_per_call_of(config, steps_per_epoch)
     for what, every in out.items():
         if every < 1 or every % k:
             raise ValueError(
                 f"the {what} interval of {every} steps must be a positive multiple of "
-                f"`steps_per_call`={k} (set `steps_per_call=1` for epoch-based intervals)."
+                f"the {k} steps per call (`steps_per_call`, or `epochs_per_call` epochs)."
             )
     if total % k:
-        raise ValueError(f"the run's {total} steps must be a multiple of `steps_per_call`={k}.")
+        raise ValueError(f"the run's {total} steps must be a multiple of the {k} steps per call.")
     return out
 
 
@@ -352,16 +369,22 @@ class Plan:
     total: int
     steps_per_epoch: int
     every: dict[str, int]  # "log", "eval", "checkpoint"
+    per_call: int = 1  # steps fused into one call (one lax.scan)
 
 
 def plan_of(config, dataset: Dataset) -> Plan:
     steps_per_epoch = max(1, dataset.num_train // config.batch_size)
     total = total_steps_of(config, steps_per_epoch)
-    return Plan(total, steps_per_epoch, intervals(config, steps_per_epoch, total))
+    return Plan(
+        total,
+        steps_per_epoch,
+        intervals(config, steps_per_epoch, total),
+        steps_per_call_of(config, steps_per_epoch),
+    )
 
 
 # Training batches are [steps_per_call, seeds, batch, ...]: sharded on axis 2.
-TRAIN_BATCH_AXIS = 2
+TRAIN_BATCH_AXIS = runs.TRAIN_BATCH_AXIS
 
 
 @dataclasses.dataclass
@@ -483,12 +506,14 @@ class _Run:
     log: MetricsLog
     start_step: int
     clock: _Clock
+    window: list = dataclasses.field(default_factory=list)  # train metrics since the last log
 
 
-def _start(config, dataset: Dataset, workdir: str, name: str) -> _Run:
+def _start(config, dataset: Dataset, workdir: str, name: str, mesh: Mesh | None = None) -> _Run:
     """Builds the method's trainee and resumes it from its latest checkpoint, if any."""
     plan = plan_of(config, dataset)
-    mesh = training.make_mesh(config.get("num_devices", 0) or None)
+    if mesh is None:
+        mesh = training.make_mesh(config.get("num_devices", 0) or None)
     trainee = build(config, dataset, mesh, plan)
     ckpt = training.Checkpointer(
         os.path.join(workdir, "checkpoints"),
@@ -501,7 +526,7 @@ def _start(config, dataset: Dataset, workdir: str, name: str) -> _Run:
     restored = ckpt.restore_latest(trainee.state)
     if restored is not None:
         trainee.state = restored
-    start = int(training.gather_to_host(trainee.state.step)[0])
+    start = _step_of(trainee)
     log = MetricsLog(workdir, start_step=start)
     clock = _Clock(log.meta.get("wall_time_s", 0.0))
     run = _Run(name, config, dataset, plan, trainee, ckpt, best_ckpt, log, start, clock)
@@ -515,32 +540,153 @@ def _start(config, dataset: Dataset, workdir: str, name: str) -> _Run:
     return run
 
 
-def _train(run: _Run) -> None:
-    """Trains from ``run.start_step`` to the end: logs, evaluates and checkpoints on the way."""
-    config, trainee, total, every = run.config, run.trainee, run.plan.total, run.plan.every
-    k = config.steps_per_call
+def _step_of(trainee: Trainee) -> int:
+    return int(training.gather_to_host(trainee.state.step)[0])
+
+
+class GroupOutOfStepError(RuntimeError):
+    """The methods of a group were checkpointed at different steps and cannot be
+    brought back to a common one."""
+
+
+def _align(runs_: list[_Run]) -> None:
+    """Brings the methods of a group to one step: the earliest of their latest
+    checkpoints (a crash between two methods' saves leaves them one save apart).
+
+    Raises:
+      GroupOutOfStepError: a method holds no checkpoint at that step.
+    """
+    start = min(r.start_step for r in runs_)
+    for r in runs_:
+        if r.start_step == start:
+            continue
+        if start == 0:
+            fresh = build(r.config, r.dataset, r.trainee.mesh, r.plan)
+            r.trainee.state = fresh.state
+        else:
+            restored = r.ckpt.restore_latest(r.trainee.state, max_step=start)
+            at = None if restored is None else int(training.gather_to_host(restored.step)[0])
+            if at != start:
+                raise GroupOutOfStepError(
+                    f"[{r.name}] is at step {r.start_step}, the other methods of its group at "
+                    f"{start}, and {r.ckpt.directory} holds no checkpoint at step {start}. "
+                    "Delete the newer checkpoints of that method (or all of its checkpoints) "
+                    "to train the group on from a common step."
+                )
+            r.trainee.state = restored
+        print(f"[{r.name}] back to step {start}, where its group's other methods are", flush=True)
+        r.start_step = start
+        r.log.close()
+        r.log = MetricsLog(os.path.dirname(r.ckpt.directory), start_step=start)
+
+
+def _single_program(trainee: Trainee) -> runs.Program:
+    """One method alone (``runs_mode="per_method"``): its seed-vmapped, scanned program."""
+
+    def call(states, block):
+        (state,) = states
+        state, metrics = trainee.train_steps(state, block)
+        return (state,), (metrics,)
+
+    return call
+
+
+def _group_program(runs_: list[_Run], record_dir: str, first_block) -> tuple[runs.Program, dict]:
+    """The program that trains the group's runs together, and what was chosen and why."""
+    config = runs_[0].config
+    mode = config.get("runs_mode", "per_method")
+    seeds = runs_[0].trainee.seeds
+    info = {
+        "group": [r.name for r in runs_],
+        "runs": len(runs_) * len(seeds),
+        "mode": mode,
+    }
+    if mode == "per_method" or info["runs"] == 1:
+        # One method, its seeds vmapped (one run: nothing to share).
+        info["mode"] = "per_method" if mode == "per_method" else "vmap"
+        return _single_program(runs_[0].trainee), info
+    steps = [r.trainee.train_step for r in runs_]
+    mesh = runs_[0].trainee.mesh
+    if mode == "auto":
+        name = "+".join(info["group"])
+        hashes = {r.name: config_hash(r.config) for r in runs_}
+        choice = runs.agree(runs.read_choice(record_dir, name, hashes))
+        if choice is None:
+            states = tuple(r.trainee.state for r in runs_)
+            choice = runs.measure(steps, len(seeds), mesh, states, first_block)
+            choice["device"] = str(jax.devices()[0].device_kind)
+            choice = runs.agree(choice)  # every process takes process 0's choice
+            runs.write_choice(record_dir, name, hashes, choice)
+            how = "measured"
+        else:
+            how = f"as measured before ({runs.RECORD})"
+        timings = ", ".join(f"{m} {t:.1f}" for m, t in choice["ms_per_step"].items())
+        print(
+            f"[{name}] {info['runs']} runs in one program: {choice['mode']} "
+            f"({how}; ms per step of all runs: {timings})",
+            flush=True,
+        )
+        info.update(mode=choice["mode"], auto=choice)
+    return runs.program(steps, len(seeds), info["mode"], mesh), info
+
+
+def _train_together(runs_: list[_Run], record_dir: str) -> dict:
+    """Trains the runs of a group from their (common) start step to the end, on one
+    stream of blocks; logs, evaluates and checkpoints each method on the way.
+
+    Returns:
+      How the runs shared the program (``extra["runs"]`` of each result).
+    """
+    lead = runs_[0]
+    config, total, k = lead.config, lead.plan.total, lead.plan.per_call
+    start = lead.start_step
     blocks = feed.train_blocks(  # on the device when the dataset has device_data
-        run.dataset, trainee.seeds, config.batch_size, k, trainee.mesh, start_step=run.start_step
+        lead.dataset, lead.trainee.seeds, config.batch_size, k, lead.trainee.mesh, start_step=start
     )
-    run.clock.start()
-    bar = progress(total=total, initial=run.start_step, desc=run.name)
-    step, window = run.start_step, []
+    first = next(blocks) if start < total else None
+    call, info = _group_program(runs_, record_dir, first)
+    for r in runs_:
+        r.clock.start()
+    bar = progress(total=total, initial=start, desc="+".join(r.name for r in runs_))
+    step, block = start, first
     while step < total:
-        trainee.state, metrics = trainee.train_steps(trainee.state, next(blocks))
+        states, metrics = call(tuple(r.trainee.state for r in runs_), block)
         step += k
-        window.append(metrics)
+        for r, state, m in zip(runs_, states, metrics, strict=True):
+            r.trainee.state = state
+            r.window.append(m)
         bar.update(k)
-        if step % every["log"] == 0 or step == total:
-            train = _log_train(run, step, window)
-            window = []
-            bar.set_postfix(loss=f"{train['loss']:.3f}", acc=f"{train['accuracy']:.3f}")
-        if step % every["eval"] == 0 or step == total:
-            _evaluate_during_training(run, step)
-        if run.ckpt.save(trainee.state):
-            run.log.set_meta(wall_time_s=run.clock())
+        shown = {}
+        for r in runs_:
+            train = _after_call(r, step)
+            if train is not None:
+                prefix = f"{r.name} " if len(runs_) > 1 else ""
+                shown[f"{prefix}loss"] = f"{train['loss']:.3f}"
+                shown[f"{prefix}acc"] = f"{train['accuracy']:.3f}"
+        if shown:
+            bar.set_postfix(shown)
+        if step < total:
+            block = next(blocks)
     bar.close()
-    run.ckpt.save(trainee.state, force=True)
-    run.ckpt.close()
+    for r in runs_:
+        r.ckpt.save(r.trainee.state, force=True)
+        r.ckpt.close()
+    return info
+
+
+def _after_call(run: _Run, step: int) -> dict[str, float] | None:
+    """A method's logging, evaluation and checkpoint after a call that reached ``step``;
+    returns the logged train metrics, if it logged."""
+    every, total = run.plan.every, run.plan.total
+    train = None
+    if step % every["log"] == 0 or step == total:
+        train = _log_train(run, step, run.window)
+        run.window = []
+    if step % every["eval"] == 0 or step == total:
+        _evaluate_during_training(run, step)
+    if run.ckpt.save(run.trainee.state):
+        run.log.set_meta(wall_time_s=run.clock())
+    return train
 
 
 def _log_train(run: _Run, step: int, window: list[dict]) -> dict[str, float]:
@@ -590,8 +736,10 @@ def _evaluate_best(run: _Run, final_split: str) -> dict | None:
     return out
 
 
-def _finish(run: _Run, workdir: str) -> MethodResult:
-    """Final evaluations; writes ``test_examples.npz`` and ``result.json`` (process 0)."""
+def _finish(run: _Run, workdir: str, *, runs_info: dict | None = None) -> MethodResult:
+    """Final evaluations; writes ``test_examples.npz`` and ``result.json`` (process 0).
+
+    ``runs_info``: how the run shared its program (``extra["runs"]``)."""
     config, trainee, dataset = run.config, run.trainee, run.dataset
     final_split = config.get("final_split", "test")
     skipped = training.gather_to_host(training.nonfinite_steps(trainee.state)).reshape(-1)
@@ -602,6 +750,9 @@ def _finish(run: _Run, workdir: str) -> MethodResult:
         # Steps skipped for non-finite gradients (optax.apply_if_finite), per seed.
         "nonfinite_steps": [int(n) for n in skipped],
     }
+    if runs_info is not None and runs_info.get("mode") != "per_method":
+        # Trained with other methods in one program: its wall time is the group's.
+        extra["runs"] = runs_info
     if run.best_ckpt is not None and (best := _evaluate_best(run, final_split)) is not None:
         extra["best"] = best
     outs = eval_outputs(trainee, dataset, final_split, config.eval_batch_size)
@@ -687,20 +838,65 @@ def train_method(
         ``config.max_nonfinite_fraction`` of its steps; raised after the result,
         metrics and checkpoints are written.
     """
-    os.makedirs(workdir, exist_ok=True)
-    limit = max_nonfinite_fraction(config)
-    check_same_config(config, workdir, name=name)
-    result = read_result(workdir, config_hash(config))
-    if result is not None:
-        print(f"[{name}] already finished; read back {workdir}/result.json", flush=True)
-    else:
-        _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        run = _start(config, dataset, workdir, name)
-        _train(run)
-        result = _finish(run, workdir)
-    if check_nonfinite_steps:
-        check_nonfinite([(result, limit)], workdir)
+    (result,) = train_group(
+        {name: config},
+        dataset,
+        {name: workdir},
+        record_dir=workdir,
+        check_nonfinite_steps=check_nonfinite_steps,
+    ).values()
     return result
+
+
+def train_group(
+    configs: dict[str, ml_collections.ConfigDict],
+    dataset: Dataset,
+    workdirs: dict[str, str],
+    *,
+    record_dir: str,
+    check_nonfinite_steps: bool = True,
+) -> dict[str, MethodResult]:
+    """Trains the methods of one group together (``experiments/runs.py``), then
+    evaluates each: :func:`train_method` for several methods sharing a loop.
+
+    Methods already finished (their ``result.json`` is of their config) are read
+    back; the others train in one program on one stream of batches, resumed from
+    their checkpoints at a common step. Each method's files go to its own workdir,
+    as if it had trained alone; ``record_dir`` gets ``runs_mode.json`` (what
+    ``runs_mode="auto"`` chose).
+
+    Raises:
+      ConfigChangedError, NonFiniteStepsError: as :func:`train_method`.
+      GroupOutOfStepError: the methods' checkpoints have no common step.
+    """
+    results, todo = {}, []
+    for name, config in configs.items():
+        workdir = workdirs[name]
+        os.makedirs(workdir, exist_ok=True)
+        check_same_config(config, workdir, name=name)
+        result = read_result(workdir, config_hash(config))
+        if result is not None:
+            print(f"[{name}] already finished; read back {workdir}/result.json", flush=True)
+            results[name] = result
+        else:
+            todo.append(name)
+    if todo:
+        lead = configs[todo[0]]
+        mesh = training.make_mesh(lead.get("num_devices", 0) or None)
+        started = []
+        for name in todo:
+            _write_json(os.path.join(workdirs[name], "config.json"), configs[name].to_dict())
+            started.append(_start(configs[name], dataset, workdirs[name], name, mesh))
+        _align(started)
+        info = _train_together(started, record_dir)
+        for run in started:
+            results[run.name] = _finish(run, workdirs[run.name], runs_info=info)
+    results = {name: results[name] for name in configs}
+    if check_nonfinite_steps:
+        check_nonfinite(
+            [(results[n], max_nonfinite_fraction(configs[n])) for n in configs], record_dir
+        )
+    return results
 
 
 def train_and_evaluate(
@@ -710,9 +906,11 @@ def train_and_evaluate(
 
     Nothing trains unless every method's config is valid (``experiments/config_check.py``):
     checked before the data is read, and again with the dataset's size and splits.
+    Methods that share a training loop are trained together when ``runs_mode`` says
+    so (``experiments/runs.py``); otherwise one after the other.
 
     Args:
-      config: the config; its ``methods`` (if any) are trained one after the other.
+      config: the config; its ``methods`` (if any) are trained by groups, in order.
       workdir: where checkpoints, logs, the summary and plots go.
       overrides: the command line's ``--config.*`` overrides (``{dotted path: value}``);
         one that a method would shadow is refused.
@@ -728,18 +926,23 @@ def train_and_evaluate(
         config = models.resolve_pretrained(config)
         dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
         config_check.validate(config, num_train=dataset.num_train, eval_splits=dataset.eval_splits)
-        results, checks = {}, []
-        for name, method_config in expand_methods(config).items():
-            results[name] = train_method(
-                method_config,
-                dataset,
-                os.path.join(workdir, name),
-                name=name,
-                check_nonfinite_steps=False,  # checked below, once every method is written
+        method_configs = expand_methods(config)
+        results = {}
+        for group in runs.group_methods(method_configs):
+            results.update(
+                train_group(
+                    {name: method_configs[name] for name in group},
+                    dataset,
+                    {name: os.path.join(workdir, name) for name in group},
+                    record_dir=workdir,
+                    check_nonfinite_steps=False,  # checked below, once every method is written
+                )
             )
-            checks.append((results[name], max_nonfinite_fraction(method_config)))
+        results = {name: results[name] for name in method_configs}
         summary = _summarize(config, dataset, results, workdir)
-        check_nonfinite(checks, workdir)
+        check_nonfinite(
+            [(results[n], max_nonfinite_fraction(c)) for n, c in method_configs.items()], workdir
+        )
         return summary
 
 

@@ -6,9 +6,10 @@ import os
 
 import pytest
 
+from experiments import runs
 from experiments.configs import load_config
 from experiments.data.registry import dataset_info, get_dataset
-from experiments.trainer import train_and_evaluate
+from experiments.trainer import expand_methods, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
@@ -30,7 +31,8 @@ def _config(name, variant=""):
 
 @pytest.mark.parametrize("name", VISION)
 def test_paper_row_and_baseline_twin_differ_only_in_pmm(name):
-    pmm, base = _config(name), _config(name, "baseline")
+    twin = "pmm" if name.startswith("cifar") else ""  # a CIFAR row's "" is the paired row
+    pmm, base = _config(name, twin), _config(name, "baseline")
     assert pmm.pmm.alpha_schedule != "none" and base.pmm.alpha_schedule == "none"
     a, b = pmm.to_dict(), base.to_dict()
     for c in (a, b):
@@ -38,6 +40,26 @@ def test_paper_row_and_baseline_twin_differ_only_in_pmm(name):
     assert a == b
     with open(os.path.join(CONFIG_DIR, f"{name}.py")) as f:
         assert "python -m experiments.train" in f.read().split("\n\n")[1]
+
+
+@pytest.mark.parametrize("name", [n for n in VISION if n.startswith("cifar")])
+def test_cifar_rows_train_the_paired_row_in_one_program(name):
+    """By default: baseline and PMM x 5 seeds, one group (one program, one batch
+    stream), whole epochs per call; each twin is the config of its variant."""
+    c = _config(name)
+    assert c.seeds == (0, 1, 2, 3, 4) and c.runs_mode == "auto" and c.epochs_per_call == 1
+    methods = expand_methods(c)
+    assert list(methods) == ["baseline", "pmm"]
+    assert runs.group_methods(methods) == [["baseline", "pmm"]]
+    for twin, config in methods.items():
+        alone = _config(name, twin).to_dict()
+        together = config.to_dict()
+        for d in (alone, together):
+            d.pop("name")
+        assert together == alone, twin
+    local = expand_methods(_config(name, "local"))
+    assert list(local) == ["baseline", "pmm"]
+    assert runs.group_methods(local) == [["baseline", "pmm"]]
 
 
 def test_recipes_match_the_paper():
@@ -95,13 +117,17 @@ def test_local_variant_trains_and_evaluates_on_mock_data(name, tmp_path):
     config = _config(name, "local")
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=32):
         summary = train_and_evaluate(config, str(tmp_path))
-    (method,) = summary["methods"].values()
-    assert len(method["final_accuracy"]) == 1 and 0 <= method["final_accuracy"][0] <= 1
-    assert method["steps"] == 2
+    expected = ["baseline", "pmm"] if name.startswith("cifar") else [config.name]
+    assert list(summary["methods"]) == expected  # CIFAR: the paired row, in one program
+    for method in summary["methods"].values():
+        assert len(method["final_accuracy"]) == 1 and 0 <= method["final_accuracy"][0] <= 1
+        assert method["steps"] == 2
+        if config.get("save_best"):
+            assert "best" in method["extra"]
+        if len(expected) == 2:
+            assert method["extra"]["runs"]["group"] == expected
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["dataset"] == config.dataset
-    if config.get("save_best"):
-        assert "best" in method["extra"]
 
 
 @pytest.mark.parametrize("name", GLUE)

@@ -218,7 +218,9 @@ def test_values_that_need_the_dataset_are_checked_after_reading_it(tmp_path):
     assert _nothing_trained(tmp_path / "w")
     vision = load_config(os.path.join(CONFIG_DIR, "cifar10_resnet44.py"))
     with vision.unlocked():
+        vision.epochs_per_call = 0.0  # steps_per_call decides
         vision.steps_per_call = 2
+        vision.log_every_epochs = 0.25
     assert check(vision, device_count=1) == []  # steps per epoch not known yet
     problems = check(vision, device_count=1, num_train=45_000, eval_splits=("validation", "test"))
     # 703 steps per epoch: the log interval (176 steps) and the run (140,600) are fine.
@@ -226,6 +228,17 @@ def test_values_that_need_the_dataset_are_checked_after_reading_it(tmp_path):
     assert "is 703 steps (703 steps per epoch), which must be a positive multiple of" in str(
         problems[0]
     )
+    # Half an epoch per call is 352 steps: an epoch (703) is not a whole number of calls.
+    with vision.unlocked():
+        vision.epochs_per_call = 0.5
+        vision.log_every_epochs = 1
+    problems = check(vision, device_count=1, num_train=45_000, eval_splits=("validation", "test"))
+    assert _fields(problems) == [
+        "log_every_epochs",
+        "eval_every_epochs",
+        "checkpoint_every_epochs",
+        "num_epochs",
+    ]
 
 
 # --- 3. Unknown fields and method names --------------------------------------------------
@@ -296,9 +309,11 @@ def test_select_methods_keeps_the_config_order_and_only_pairs_that_run():
     assert chosen.paired_comparisons == pairs
     with pytest.raises(ConfigError, match="names no method"):
         trainer.select_methods(config, [])
-    vision = load_config(os.path.join(CONFIG_DIR, "cifar10_resnet44.py"))
+    one_run = load_config(os.path.join(CONFIG_DIR, "imagenet_mobilenet.py"))
     with pytest.raises(ConfigError, match="has no methods"):
-        trainer.select_methods(vision, ["pmm"])
+        trainer.select_methods(one_run, ["pmm"])
+    paired = load_config(os.path.join(CONFIG_DIR, "cifar10_resnet44.py"))  # the paired row
+    assert list(trainer.expand_methods(trainer.select_methods(paired, ["pmm"]))) == ["pmm"]
     # An override of a method that does not run would do nothing: refused.
     problems = check(
         trainer.select_methods(config, ["baseline"]),

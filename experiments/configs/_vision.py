@@ -1,9 +1,15 @@
 """Shared recipe of the paper's image experiments (Table I); not a config itself.
 
-Each row config imports ``vision_config`` and overrides a few fields. Variants of
-every row config: ``""`` (PMM, the paper's row), ``"baseline"`` (the twin with
-PMM off, everything else equal) and ``"local"`` (tiny model, few steps, for the
-tests and a first try on a laptop).
+Each row config imports ``vision_config`` and overrides a few fields.
+
+A CIFAR row config trains, by default, the paired row: methods ``baseline``
+(PMM off) and ``pmm`` (the paper's PMM), 5 seeds each, every run in one program
+(``runs_mode="auto"``, ``experiments/runs.py``) on one stream of batches, so the
+twins of a seed see the same batches in the same order; one call is one epoch.
+Its variants: ``""`` (the paired row), ``"baseline"`` and ``"pmm"`` (one twin
+alone, the same 5 seeds) and ``"local"`` (both methods, tiny model, few steps,
+for the tests and a first try on a laptop). ImageNet (one run, as the paper)
+offers ``""`` (PMM), ``"baseline"`` and ``"local"``.
 
 Data: CIFAR is held whole on the device (``dataset_kwargs.on_device="auto"``,
 ~180 MB as uint8): each step's batch is gathered there by step number, and the
@@ -38,7 +44,7 @@ def vision_config(
     c.name = name
     c.dataset = dataset
     c.dataset_kwargs = ml_collections.ConfigDict(
-        {"data_dir": None, "validation_size": 5000, "crop_flip": True, "on_device": "auto"}
+        {"data_dir": "", "validation_size": 5000, "crop_flip": True, "on_device": "auto"}
     )
     c.model = model
     c.model_kwargs = ml_collections.ConfigDict(dict(model_kwargs, dtype="float32"))
@@ -71,12 +77,45 @@ def vision_config(
     return c
 
 
+PAIRED_SEEDS = (0, 1, 2, 3, 4)
+# The twins of the paired row: the row's config with PMM off, and as it is.
+TWINS = {"baseline": {"pmm": {"alpha_schedule": "none"}}, "pmm": {}}
+
+
+def paired_row(c) -> None:
+    """Makes ``c`` (a CIFAR row) the paired row: baseline and PMM x 5 seeds in one program."""
+    c.seeds = PAIRED_SEEDS
+    c.methods = ml_collections.ConfigDict(TWINS)
+    c.method_order = tuple(TWINS)
+    c.runs_mode = "auto"
+    c.epochs_per_call = 1.0  # whole epochs per call: the data is on the device
+    c.log_every_epochs = 1
+
+
+def _alone(twin: str):
+    def edit(c) -> None:
+        c.name += f"_{twin}"
+        c.methods = ml_collections.ConfigDict()
+        c.method_order = ()
+        c.update(TWINS[twin])  # nested dicts update in place
+
+    return edit
+
+
 def _local(c) -> None:
     """The tiny run's settings of this family, on top of the shared ones."""
     c.dataset_kwargs.validation_size = 8
     c.tsne = False
+    c.seeds = (0,)
+    c.runs_mode = "vmap"  # no measuring in a smoke run (the tests time "auto" apart)
 
 
 def apply_variant(c, variant: str):
-    """``""`` = PMM as in the paper, ``baseline`` = PMM off, ``local`` = tiny smoke run."""
-    return common.apply_variant(c, variant, local=_local)
+    """CIFAR: ``""`` = the paired row, ``baseline`` / ``pmm`` = one twin alone,
+    ``local`` = tiny smoke run of both; ImageNet: ``""`` = PMM as in the paper,
+    ``baseline`` = PMM off, ``local``."""
+    if not c.dataset.startswith("cifar"):
+        return common.apply_variant(c, variant, local=_local)
+    paired_row(c)
+    own = {"baseline": _alone("baseline"), "pmm": _alone("pmm")}
+    return common.apply_variant(c, variant, shared=("local",), local=_local, own=own)

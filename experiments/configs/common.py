@@ -51,6 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.steps_per_call = 100  # train steps fused into one jitted lax.scan
+    c.epochs_per_call = 0.0  # > 0: that many epochs per call instead (whole epochs on the device)
+    # How the runs (methods x seeds) share a program (experiments/runs.py): "per_method"
+    # (each method alone, its seeds vmapped: how this job's published numbers were made),
+    # "auto" (methods sharing a loop in one program, the fastest form measured), "vmap",
+    # "unroll", "sequential".
+    c.runs_mode = "per_method"
     c.log_every_steps = 100
     c.eval_every_steps = 500
     c.eval_split = "test"  # for the accuracy curves (nothing is selected on them)
@@ -103,6 +109,7 @@ def _local(c: ml_collections.ConfigDict) -> None:
     c.name += "_local"
     c.num_epochs = 0
     c.num_train_steps = 2
+    c.epochs_per_call = 0.0
     c.batch_size = 8  # divisible by the tests' 8 fake devices
     c.eval_batch_size = 8
     for what in ("log", "eval", "checkpoint"):  # the config's epoch intervals give way to steps

@@ -51,9 +51,7 @@ def glue_config(task: str) -> ml_collections.ConfigDict:
     c = base_config()
     c.name = f"glue_{task}"
     c.dataset = f"glue/{task}"
-    c.dataset_kwargs = ml_collections.ConfigDict(
-        {"tokenizer": "", "max_len": 128, "data_dir": None}
-    )
+    c.dataset_kwargs = ml_collections.ConfigDict({"tokenizer": "", "max_len": 128, "data_dir": ""})
     c.model = "bert"
     c.model_kwargs = ml_collections.ConfigDict({"hf_config": "", "dtype": "float32"})
     c.pretrained = ml_collections.ConfigDict({"kind": "hf_bert", "path": ""})

@@ -22,7 +22,7 @@ def get_config(variant: str = ""):
         model="mobilenet_v1",
         model_kwargs={"width_multiplier": 1.0},
     )
-    c.dataset_kwargs = {"data_dir": None}
+    c.dataset_kwargs = {"data_dir": ""}
     c.batch_size = 256
     c.num_epochs = 90
     c.lr_boundaries = (30, 60, 80)
@@ -40,7 +40,7 @@ def get_config(variant: str = ""):
     if variant == "local":
         c.model_kwargs.width_multiplier = 0.125
         c.dataset_kwargs = {
-            "data_dir": None,
+            "data_dir": "",
             "image_size": 32,
             "resize_size": 36,
             "raw_jpeg": False,

