@@ -108,6 +108,8 @@ def test_plan_puts_first_things_first_and_skips_slow_unroll_on_cpu():
     gpu_tasks, gpu_skipped = paper_speed.plan(args, "gpu")
     assert ("child", 10, "unroll", "float32") in gpu_tasks and not gpu_skipped
     assert ("xla", "cmdbuf_while") in gpu_tasks
+    assert paper_speed.task_name(tasks[0], False) == "resnet44_noscan_r1_float32"
+    assert paper_speed.task_name(("peer", "eager"), True) == "torch_eager"
 
 
 def test_comparisons_hold_r_runs_against_r_separate_runs():

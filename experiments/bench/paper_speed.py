@@ -304,7 +304,7 @@ def time_row(
     finite = all(np.isfinite(a).all() for a in first_losses + losses)
     del states, metrics, block, program
     return {
-        "name": f"{'tiny' if tiny else 'resnet44'}_{mode}_r{runs}_{dtype}",
+        "name": task_name(("row", runs, mode, dtype), tiny),
         "reference": mode == NOSCAN,
         **throughput(runs, step_ms),
         "mode": mode,
@@ -544,6 +544,14 @@ def plan(args, backend: str) -> tuple[list[tuple], list[dict]]:
     return [t[2] for t in tasks], skipped
 
 
+def task_name(task: tuple, tiny: bool) -> str:
+    """A task's name in the log and in ``skipped``: a row's name, ``xla_...``, ``torch_...``."""
+    if task[0] in ("row", "child"):
+        _, runs, mode, dtype = task
+        return f"{'tiny' if tiny else 'resnet44'}_{mode}_r{runs}_{dtype}"
+    return f"{'xla' if task[0] == 'xla' else 'torch'}_{task[1]}"
+
+
 def _sort_rows(rows):
     return sorted(
         rows,
@@ -707,8 +715,9 @@ def main(argv=None):
         args.peer = ()
     if backend == "cpu" and "eager" in args.peer and "compile" not in args.peer:
         result["peer_note"] = (
-            "torch.compile not run on CPU by default: its Inductor compile of the ResNet-44"
-            " step takes minutes on this kind of machine (--peer eager,compile runs it)"
+            "torch.compile not run on CPU by default: Inductor's compile of the ResNet-44 step"
+            " takes about a minute on a 2-core machine, and a try here was no faster than"
+            " eager (--peer eager,compile runs it)"
         )
     tasks, skipped = plan(args, backend)
     result["skipped"] += skipped
@@ -732,7 +741,7 @@ def main(argv=None):
     print(f"[paper-speed] {len(tasks)} pieces of work on {result['device']}", flush=True)
     for task in tasks:
         elapsed = time.perf_counter() - start
-        name = "_".join(map(str, task))
+        name = task_name(task, args.tiny)
         if args.max_time is not None and elapsed > args.max_time:
             result["skipped"].append(
                 {"name": name, "reason": f"--max-time {args.max_time:.0f} s reached"}
