@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: one script, < 5 minutes on a single-GPU machine with no network
-# (GPU_CHECK_FULL=1 adds MobileNet / BERT-base / WRN-28-10 rows and more tests: ~10 min).
+# The GPU check: one script, sized for at most 6 minutes on a single-GPU machine with no network,
+# JAX compilation included (each stage has a `timeout`; their sum is 5.5 minutes plus the
+# device stage). GPU_CHECK_FULL=1 adds MobileNet / BERT-base / WRN-28-10 rows and more
+# tests (about 9 more minutes: their timeouts).
 #
 #   OUT=/some/dir bash experiments/gpu_check.sh        # JSON and logs to $OUT (default /tmp/gpu_check)
 #
@@ -9,8 +11,9 @@
 # made with `pip download --no-deps ... -d .whl`, and MNIST-1D as .data/mnist1d.npz, made
 # on the CPU side with `python -m experiments.data.mnist1d --export .data/mnist1d.npz`.
 # Stages run in order of importance, each with its own time limit and output file, so a
-# cut-short run still returns what it finished. How to run it and what it measured on an H200:
-# docs/gpu.md (that run's output: docs/results/gpu-h200-2026-11-26/).
+# cut-short run still returns what it finished; the first, paper_speed, also rewrites its
+# JSON after each row. How to run it and how to read it: docs/gpu.md (the 2026-11-26 H200
+# run's output, from before paper_speed existed: docs/results/gpu-h200-2026-11-26/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_check}"
@@ -27,22 +30,31 @@ stage "device"
 nvidia-smi -L
 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, jax.devices())"
 
+stage "paper_speed: the ResNet-44 CIFAR training program, R = 1, 2, 10 runs x batch 64, + PyTorch peer"
+# Work in order of importance; nothing new starts after --max-time; unroll at R=10 runs in
+# a child under --row-timeout; each torch variant in a child under --peer-timeout.
+timeout 200 python3 -m experiments.bench paper-speed --out "$OUT/paper_speed.json" \
+  --runs 1,2,10 --modes vmap,unroll,sequential --dtypes float32,bfloat16 --steps-per-call 50 \
+  --reps 3 --row-time 5 --max-time 165 --row-timeout 60 \
+  --peer eager,reduce-overhead,max-autotune-no-cudagraphs --peer-timeout 90 \
+  --xla-variants cmdbuf_while,cmdbuf_off 2>&1 | grep -v cuda_timer | tail -n 45 || status=1
+
 stage "kernel-gradient determinism (ours vs a plain gather's scatter-add)"
-timeout 60 python3 -m experiments.bench determinism --out "$OUT/determinism.json" | tail -n 20 || status=1
+timeout 20 python3 -m experiments.bench determinism --out "$OUT/determinism.json" | tail -n 20 || status=1
 
-stage "benchmarks: penalty vs k, MNIST-1D CNN, ResNet-44 (b64, b128) + PyTorch peer"
-timeout 130 python3 -m experiments.bench --only penalty --only cnn1d --only resnet44 \
-  --max-time 15 --out "$OUT/bench_core.json" 2>&1 | grep -v cuda_timer | tail -n 30 || status=1
+stage "benchmarks: penalty vs k, MNIST-1D CNN, ResNet-44 b128 (CE vs CE+PMM, no peer)"
+timeout 45 python3 -m experiments.bench --quick --only penalty --only cnn1d --only resnet44 \
+  --no-peer --max-time 5 --out "$OUT/bench_core.json" 2>&1 | grep -v cuda_timer | tail -n 30 || status=1
 
-stage "MNIST-1D main job (5 methods x 5 seeds)"
-MNIST1D_NPZ=.data/mnist1d.npz timeout 90 python3 -m experiments.train --workdir /tmp/mnist1d_gpu \
-  2>&1 | tr '\r' '\n' | grep -v "step/s" | tail -n 16 || status=1
+stage "MNIST-1D main job (baseline and PMM x 5 seeds)"
+MNIST1D_NPZ=.data/mnist1d.npz timeout 40 python3 -m experiments.train --workdir /tmp/mnist1d_gpu \
+  --methods=baseline,pmm 2>&1 | tr '\r' '\n' | grep -v "step/s" | tail -n 16 || status=1
 cp /tmp/mnist1d_gpu/summary.json "$OUT/mnist1d_summary.json" 2>/dev/null || status=1
 
 stage "core and train-step tests on the GPU"
 tests=(tests/test_penalty.py tests/test_training.py)
 [ "${GPU_CHECK_FULL:-0}" = 1 ] && tests+=(tests/test_losses.py tests/test_checkpoint.py)
-JAX_PLATFORMS=cuda timeout "$([ "${GPU_CHECK_FULL:-0}" = 1 ] && echo 300 || echo 75)" \
+JAX_PLATFORMS=cuda timeout "$([ "${GPU_CHECK_FULL:-0}" = 1 ] && echo 300 || echo 25)" \
   python3 -m pytest -q -x -p no:cacheprovider -o addopts="" "${tests[@]}" \
   > "$OUT/pytest_gpu.log" 2>&1; tail -n 5 "$OUT/pytest_gpu.log" || status=1
 

@@ -5,6 +5,7 @@
   python -m experiments.bench determinism --out determinism.json [--repeats 10]
   python -m experiments.bench vision [--tiny] [--only NAME ...] [--out vision.json]
   python -m experiments.bench sharded-head --out sharded_head.json [--ks 32768,262144]
+  python -m experiments.bench paper-speed --out paper_speed.json [--runs 1,2,10] [--tiny]
 
 Without a mode it runs the benchmarks. Workloads (``--only``, repeatable):
 ``cnn1d``, ``resnet44`` (batch 64 and 128, with the PyTorch peer when torch is
@@ -24,8 +25,10 @@ The modes (the first argument) hand the rest of the command line to a module's
 ``main``: ``profile`` -> ``experiments.bench.profile_step``, ``determinism`` ->
 ``experiments.bench.determinism``, ``vision`` -> ``experiments.bench.vision`` (its
 own flags: one model, batch scale, tiny models), ``sharded-head`` ->
-``experiments.bench.sharded_head`` (8 fake CPU devices, set before JAX starts).
-``MODE --help`` lists them.
+``experiments.bench.sharded_head`` (8 fake CPU devices, set before JAX starts),
+``paper-speed`` -> ``experiments.bench.paper_speed`` (the trainer's ResNet-44 CIFAR
+training program for R runs at batch 64 each, per runs mode and compute dtype,
+with a one-run PyTorch peer). ``MODE --help`` lists them.
 """
 
 from __future__ import annotations
@@ -53,12 +56,15 @@ MODES = {  # first argument -> module whose main(argv) gets the rest
     "determinism": "experiments.bench.determinism",
     "vision": "experiments.bench.vision",
     "sharded-head": "experiments.bench.sharded_head",
+    "paper-speed": "experiments.bench.paper_speed",
 }
 EPILOG = """modes (the first argument; MODE --help for its flags):
   profile WORKLOAD      where a train step's time goes, per XLA:CPU operation
   determinism --out F   is the kernel gradient bitwise reproducible (ours vs scatter-add)
   vision                image-model step throughput with on-device augmentation
-  sharded-head --out F  PMM on a class-sharded head: class-parallel vs all-gathered"""
+  sharded-head --out F  PMM on a class-sharded head: class-parallel vs all-gathered
+  paper-speed --out F   ResNet-44 CIFAR training program, R runs x batch 64: step ms,
+                        images/s, minutes for 200 epochs; per runs mode and dtype"""
 
 
 def _set_threads(threads: int) -> dict:
