@@ -34,7 +34,7 @@ stage "paper_speed: the ResNet-44 CIFAR training program, R = 1, 2, 10 runs x ba
 # Work in order of importance; nothing new starts after --max-time; unroll at R=10 runs in
 # a child under --row-timeout; each torch variant in a child under --peer-timeout.
 timeout 200 python3 -m experiments.bench paper-speed --out "$OUT/paper_speed.json" \
-  --runs 1,2,10 --modes vmap,unroll,sequential --dtypes float32,bfloat16 --steps-per-call 50 \
+  --runs 1,2,10 --modes vmap,vmap_loop,sequential_loop,unroll,sequential --dtypes float32,bfloat16 --steps-per-call 50 \
   --reps 3 --row-time 5 --max-time 165 --row-timeout 60 \
   --peer eager,reduce-overhead,max-autotune-no-cudagraphs --peer-timeout 90 \
   --xla-variants cmdbuf_while,cmdbuf_off 2>&1 | grep -v cuda_timer | tail -n 45 || status=1

@@ -24,15 +24,23 @@ How the runs share the program (``config.runs_mode``):
 ``"sequential"``
   one scanned program per method, run once per seed (the seed a dynamic index
   into the stacked state, updated in place), one after another on the same block.
+``"vmap_loop"``, ``"unroll_loop"``, ``"sequential_loop"``
+  the same forms with one program per step, dispatched ``steps_per_call`` times
+  from Python, instead of a ``lax.scan`` over the block. Measured on this CPU
+  (``docs/results/cpu-2core-2026-11-30/paper_speed.json``): XLA:CPU lays the
+  ResNet-44 backward convolutions out differently inside a scan (85 of 128) and
+  the scanned step took 22-31x as long as the same step jitted alone.
 ``"auto"``
-  the fastest of those three, measured on the first block (:func:`measure`),
+  the fastest of those six, measured on the first block (:func:`measure`),
   printed, recorded in ``runs_mode.json`` in the workdir and in each method's
   ``result.json`` (``extra["runs"]``), and reused when the run resumes, so that
   a resumed run computes exactly what an uninterrupted one does.
 
-Why measure: what is fastest depends on the backend. On XLA:CPU a vmapped
-convolution becomes a grouped convolution that costs several times R separate
-ones (ResNet-20, 2 runs: 4x per run), while the MNIST-1D CNN vmaps well; on a GPU
+Why measure: what is fastest depends on the backend and the model. On the 2-core
+CPU (ResNet-44, batch 64, ``python -m experiments.bench paper-speed``) any scanned
+form took 29-41 s a step and the ``_loop`` forms 0.8 s; of the two runs of a pair,
+``sequential_loop`` cost 0.95x two separate runs, ``vmap_loop`` 1.10x (XLA:CPU's
+batched convolutions), while the MNIST-1D CNN vmaps and scans well. On a GPU
 whose step is bound by kernel launches (the CIFAR ResNets at batch 64), one
 program doing R runs' work per launch is the point.
 
@@ -58,8 +66,10 @@ from jax.sharding import PartitionSpec as P
 
 from pmm_jax import training
 
-RUNS_MODES = ("per_method", "auto", "vmap", "unroll", "sequential")
-CANDIDATES = ("vmap", "unroll", "sequential")  # what "auto" chooses from
+FORMS = ("vmap", "unroll", "sequential")
+LOOP = "_loop"  # a form's suffix: one program per step instead of a scan over the block
+CANDIDATES = (*FORMS, *(form + LOOP for form in FORMS))  # what "auto" chooses from
+RUNS_MODES = ("per_method", "auto", *CANDIDATES)
 
 # Methods share a program only if these fields are equal: the data stream, the
 # length, and the steps at which the loop logs, evaluates and checkpoints.
@@ -123,7 +133,8 @@ def program(step_fns: Sequence[Callable], num_seeds: int, mode: str, mesh: Mesh)
       step_fns: one train step per method, ``(state, batch) -> (state, metrics)``
         for one run (``pmm_jax.training.make_train_step``).
       num_seeds: the seeds per method (the states' and the blocks' seed axis).
-      mode: ``"vmap"``, ``"unroll"`` or ``"sequential"`` (module docstring).
+      mode: one of :data:`CANDIDATES` (module docstring): a form, scanned over the
+        block's steps in one program, or with ``"_loop"`` one program per step.
       mesh: the data-parallel mesh; states replicated, blocks sharded on
         :data:`TRAIN_BATCH_AXIS`.
 
@@ -132,16 +143,41 @@ def program(step_fns: Sequence[Callable], num_seeds: int, mode: str, mesh: Mesh)
     """
     if mode not in CANDIDATES:
         raise ValueError(f"runs mode must be one of {CANDIDATES}, got {mode!r}.")
-    if mode == "sequential":
-        return _sequential(step_fns, num_seeds, mesh)
-    run_method = _vmapped if mode == "vmap" else _unrolled(num_seeds)
+    form, scanned = mode.removesuffix(LOOP), not mode.endswith(LOOP)
+    if form == "sequential":
+        return _sequential(step_fns, num_seeds, mesh, scanned)
+    run_method = _vmapped if form == "vmap" else _unrolled(num_seeds)
 
     def body(states, batch):
         outs = [run_method(f, s, batch) for f, s in zip(step_fns, states, strict=True)]
         return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
 
-    return training.jit_sharded(
-        lambda states, block: lax.scan(body, states, block), mesh, batch_axis=TRAIN_BATCH_AXIS
+    if scanned:
+        return training.jit_sharded(
+            lambda states, block: lax.scan(body, states, block), mesh, batch_axis=TRAIN_BATCH_AXIS
+        )
+    one_step = _jit(lambda states, block, t: body(states, _at(block, t, 0)), mesh, indices=1)
+
+    def call(states, block):
+        metrics = []
+        for t in range(_steps(block)):
+            states, m = one_step(states, block, np.int32(t))
+            metrics.append(m)
+        return states, _stack(metrics)  # [steps, seeds] per method
+
+    return call
+
+
+def _jit(fn, mesh: Mesh, *, indices: int):
+    """``fn(state, block, *indices)`` jitted: state replicated and donated, block
+    sharded on :data:`TRAIN_BATCH_AXIS`, integer indices replicated."""
+    replicated = NamedSharding(mesh, P())
+    data = training.batch_sharding(mesh, batch_axis=TRAIN_BATCH_AXIS)
+    return jax.jit(
+        fn,
+        in_shardings=(replicated, data) + (replicated,) * indices,
+        out_shardings=replicated,
+        donate_argnums=(0,),
     )
 
 
@@ -161,44 +197,64 @@ def _index(tree, i: int):
     return jax.tree.map(lambda a: a[i], tree)
 
 
+def _at(tree, i, axis: int):
+    """Entry ``i`` (a traced integer) of every leaf along ``axis``."""
+    return jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, axis, keepdims=False), tree)
+
+
+def _steps(block) -> int:
+    return jax.tree.leaves(block)[0].shape[0]
+
+
 def _stack(trees, axis: int = 0):
     return jax.tree.map(lambda *xs: jnp.stack(xs, axis=axis), *trees)
 
 
-def _sequential(step_fns, num_seeds: int, mesh: Mesh) -> Program:
-    replicated = NamedSharding(mesh, P())
-    data = training.batch_sharding(mesh, batch_axis=TRAIN_BATCH_AXIS)
+def _sequential(step_fns, num_seeds: int, mesh: Mesh, scanned: bool) -> Program:
+    """One program per method, called once per seed (scanned over the block), or once
+    per seed and step (``scanned=False``); the seed's state updated in place."""
 
     def one_run(step):
-        def run(state, block, i):
-            own = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), state)
-            rows = jax.tree.map(
-                lambda a: lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False), block
-            )
-            own, metrics = lax.scan(step, own, rows)
-            state = jax.tree.map(
+        def put(state, i, own):
+            return jax.tree.map(
                 lambda a, x: lax.dynamic_update_index_in_dim(a, x, i, 0), state, own
             )
-            return state, metrics
 
-        return jax.jit(
-            run,
-            in_shardings=(replicated, data, replicated),
-            out_shardings=replicated,
-            donate_argnums=(0,),
-        )
+        if scanned:
 
-    runs = [one_run(step) for step in step_fns]
+            def run(state, block, i):
+                own, metrics = lax.scan(step, _at(state, i, 0), _at(block, i, 1))
+                return put(state, i, own), metrics
+
+            return _jit(run, mesh, indices=1)
+
+        def run_step(state, block, i, t):
+            own, metrics = step(_at(state, i, 0), _at(_at(block, t, 0), i, 0))
+            return put(state, i, own), metrics
+
+        return _jit(run_step, mesh, indices=2)
+
+    programs = [one_run(step) for step in step_fns]
 
     def call(states, block):
         new_states, metrics = [], []
-        for run, state in zip(runs, states, strict=True):
-            per_seed = []
-            for i in range(num_seeds):
-                state, m = run(state, block, np.int32(i))
-                per_seed.append(m)
+        for run, state in zip(programs, states, strict=True):
+            if scanned:
+                per_seed = []
+                for i in range(num_seeds):
+                    state, m = run(state, block, np.int32(i))
+                    per_seed.append(m)
+                metrics.append(_stack(per_seed, axis=1))  # [steps, seeds]
+            else:
+                per_step = []
+                for t in range(_steps(block)):
+                    per_seed = []
+                    for i in range(num_seeds):
+                        state, m = run(state, block, np.int32(i), np.int32(t))
+                        per_seed.append(m)
+                    per_step.append(_stack(per_seed))
+                metrics.append(_stack(per_step))  # [steps, seeds]
             new_states.append(state)
-            metrics.append(_stack(per_seed, axis=1))  # [steps, seeds]
         return tuple(new_states), tuple(metrics)
 
     return call

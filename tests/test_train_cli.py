@@ -207,8 +207,8 @@ def test_sweep_points_are_those_of_the_recorded_mnist1d_sweep():
     now = json.loads(json.dumps(config.to_dict(), default=str))
     for field in trainer.UNHASHED_FIELDS:
         now.pop(field, None), recorded["config"].pop(field, None)
-    for field, default in trainer.LATER_FIELDS.items():  # added since, at the old behaviour
-        assert now.pop(field) == default and field not in recorded["config"]
+    for field, old_value in trainer.LATER_FIELDS.items():  # added since, at the old behaviour
+        assert now.pop(field) == old_value and field not in recorded["config"]
     assert now == recorded["config"]
 
 

@@ -81,7 +81,14 @@ BATCH = 64
 EPOCHS = 200
 CIFAR_TRAIN = 45_000
 STEPS_PER_EPOCH = CIFAR_TRAIN // BATCH  # 703
-MODES = ("vmap", "unroll", "sequential")  # experiments.runs.CANDIDATES
+MODES = (  # experiments.runs.CANDIDATES
+    "vmap",
+    "unroll",
+    "sequential",
+    "vmap_loop",
+    "unroll_loop",
+    "sequential_loop",
+)
 NOSCAN = "noscan"  # the reference row: one jitted step per Python-loop iteration
 DTYPES = ("float32", "bfloat16")
 XLA_VARIANTS = {
@@ -502,7 +509,7 @@ def plan(args, backend: str) -> tuple[list[tuple], list[dict]]:
     for dtype in args.dtypes:
         for runs in args.runs:
             for mode in args.modes:
-                slow = mode == "unroll" and runs >= 10
+                slow = mode.startswith("unroll") and runs >= 10
                 if slow and backend == "cpu" and not args.allow_slow_compile:
                     skipped.append(
                         {
