@@ -8,8 +8,6 @@ devices of the root conftest, in one process: the multi-host rule is checked by
 comparing the device path's global batches with the host pipeline's host shards.
 """
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,16 +18,7 @@ from experiments import trainer
 from experiments.configs import cifar10_resnet44
 from experiments.data import base, feed, images, order
 from pmm_jax import training
-
-
-@contextlib.contextmanager
-def mock(num_examples):
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=num_examples):
-        yield
-
-
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
+from tests.mock_tfds import mock, take
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ serialized ``tf.train.Example`` protos with PNG / JPEG bytes), so that the real
 reading and decoding path runs too.
 """
 
-import contextlib
 import io
 import os
 
@@ -19,16 +18,7 @@ from PIL import Image
 
 from experiments.data import augment, images
 from experiments.data.base import Dataset, DatasetNotPreparedError
-
-
-@contextlib.contextmanager
-def mock(num_examples):
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=num_examples):
-        yield
-
-
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
+from tests.mock_tfds import mock, take
 
 
 def record_images(name, split, n):
