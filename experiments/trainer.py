@@ -601,9 +601,7 @@ def _group_program(runs_: list[_Run], record_dir: str, first_block) -> tuple[run
         "runs": len(runs_) * len(seeds),
         "mode": mode,
     }
-    if mode == "per_method" or info["runs"] == 1:
-        # One method, its seeds vmapped (one run: nothing to share).
-        info["mode"] = "per_method" if mode == "per_method" else "vmap"
+    if mode == "per_method":  # one method, its seeds vmapped, scanned
         return _single_program(runs_[0].trainee), info
     steps = [r.trainee.train_step for r in runs_]
     mesh = runs_[0].trainee.mesh
@@ -611,9 +609,16 @@ def _group_program(runs_: list[_Run], record_dir: str, first_block) -> tuple[run
         name = "+".join(info["group"])
         hashes = {r.name: config_hash(r.config) for r in runs_}
         choice = runs.agree(runs.read_choice(record_dir, name, hashes))
+        if choice is None and first_block is None:  # nothing left to train: no program runs
+            info["mode"] = "auto (not measured: nothing left to train)"
+            return None, info
         if choice is None:
             states = tuple(r.trainee.state for r in runs_)
-            choice = runs.measure(steps, len(seeds), mesh, states, first_block)
+            # One run: the forms are the same program; only scan or loop is a choice.
+            candidates = ("vmap", "vmap" + runs.LOOP) if info["runs"] == 1 else runs.CANDIDATES
+            choice = runs.measure(
+                steps, len(seeds), mesh, states, first_block, candidates=candidates
+            )
             choice["device"] = str(jax.devices()[0].device_kind)
             choice = runs.agree(choice)  # every process takes process 0's choice
             runs.write_choice(record_dir, name, hashes, choice)

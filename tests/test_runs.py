@@ -204,3 +204,15 @@ def test_methods_that_cannot_share_a_loop_train_apart():
     assert runs.group_methods(methods) == [["baseline"], ["pmm"]]
     with pytest.raises(ValueError, match="runs mode must be one of"):
         runs.program([], 1, "grouped", None)
+
+
+def test_one_run_under_auto_chooses_between_scan_and_loop(dataset, tmp_path):
+    """A single run has no forms to choose from, but XLA:CPU's scanned ResNet step is far
+    slower than one program per step: "auto" times the two and records its choice."""
+    config = trainer.expand_methods(_config(seeds=(0,), runs_mode="auto", num_devices=1))["pmm"]
+    config.steps_per_call = config.log_every_steps = config.checkpoint_every_steps = 1
+    result = trainer.train_method(config, dataset, str(tmp_path), name="pmm")
+    info = result.extra["runs"]
+    assert info["runs"] == 1 and set(info["auto"]["ms_per_step"]) == {"vmap", "vmap_loop"}
+    assert info["mode"] == min(info["auto"]["ms_per_step"], key=info["auto"]["ms_per_step"].get)
+    assert json.loads((tmp_path / runs.RECORD).read_text())["pmm"]["mode"] == info["mode"]
