@@ -5,18 +5,23 @@
 summary with tables and plots (``experiments/report.py``).
 
 One method's seeds are trained *together*: the train state is stacked over
-seeds and the step is ``jax.vmap``-ed, with ``steps_per_call`` steps fused into
-one jitted ``lax.scan``. The batch is sharded over all devices on its batch axis,
+seeds and the step is ``jax.vmap``-ed, with ``steps_per_call`` steps (or
+``epochs_per_call`` epochs) fused into one jitted ``lax.scan``. Methods that
+share a training loop can train together too, in one program on one stream of
+batches (``runs_mode``, ``experiments/runs.py``: the forms and how ``"auto"``
+picks one). The batch is sharded over all devices on its batch axis,
 the state replicated, so the same code runs on one CPU, a GPU, or many devices
 and hosts; the sharding (mesh, jit, batch placement, gathering outputs) is
 ``pmm_jax.training``'s. What is measured on a split is chosen by name
 (``experiments/evaluators.py``); pretrained weights are loaded by the model's
 family (``experiments.models.load_pretrained``).
 
-The pieces, in the order a method runs: ``train_method`` reads a finished result
-back (``read_result``) or ``_start``s (``build`` the ``Trainee``, resume from the
-latest checkpoint), ``_train``s (``_log_train``, ``_evaluate_during_training``)
-and ``_finish``es (``_evaluate_best``, the final evaluations, ``result.json``).
+The pieces, in the order a group of methods runs (``train_group``; one method:
+``train_method``): each method's finished result is read back (``read_result``)
+or it ``_start``s (``build`` the ``Trainee``, resume from the latest checkpoint),
+the group is brought to a common step (``_align``), trains (``_train_together``:
+``_log_train``, ``_evaluate_during_training`` per method) and each method
+``_finish``es (``_evaluate_best``, the final evaluations, ``result.json``).
 Every file the trainer writes is written by process 0 only.
 
 Everything is resumable: checkpoints every ``checkpoint_every_steps`` (orbax),
