@@ -148,13 +148,15 @@ def expand_order(config: ml_collections.ConfigDict) -> list[str]:
 
 # Fields that do not change what is trained, left out of `config_hash` so that
 # changing them reads a finished method back instead of training it again.
-UNHASHED_FIELDS = ("max_nonfinite_fraction",)
+# runs_mode: how the runs share a program changes the float rounding, not the training
+# (tests/test_runs.py); switching it resumes a run instead of refusing its workdir.
+UNHASHED_FIELDS = ("max_nonfinite_fraction", "runs_mode")
 DEFAULT_MAX_NONFINITE_FRACTION = 0.01
 
 
 # Fields added after runs were recorded, with the value that computes what those runs
 # did: left out of the hash at that value, so that old workdirs still resume and read back.
-LATER_FIELDS = {"epochs_per_call": 0.0, "runs_mode": "per_method"}
+LATER_FIELDS = {"epochs_per_call": 0.0}
 
 
 def _hashed_fields(config: ml_collections.ConfigDict | dict) -> dict:
