@@ -116,7 +116,7 @@ def _final_params(workdir, config, dataset, method):
     if method not in _TEMPLATES:
         c = trainer.expand_methods(config)[method]
         plan = trainer.plan_of(c, dataset)
-        _TEMPLATES[method] = trainer.build(c, dataset, training.make_mesh(2), plan).state
+        _TEMPLATES[method] = trainer.build(c, dataset, training.make_mesh(1), plan).state
     ckpt = training.Checkpointer(workdir / method / "checkpoints")
     state = ckpt.restore_latest(_TEMPLATES[method])
     ckpt.close()
@@ -153,7 +153,7 @@ def _crash_after(monkeypatch, step_to_crash: int):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, mock):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    config = _config(runs_mode="auto", per_call=1, num_devices=2)
+    config = _config(runs_mode="auto", per_call=1, num_devices=1)
     summary = trainer.train_and_evaluate(config, str(workdir))
     return workdir, config, summary
 
