@@ -60,18 +60,9 @@ def _record_writes(workdir: str, written: list[str]) -> None:
 
 
 def main(process_id: int, port: int, workdir: str, out: str) -> None:
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", 2)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.config.update("jax_default_matmul_precision", "highest")
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=2,
-        process_id=process_id,
-        initialization_timeout=60,
-        heartbeat_timeout_seconds=20,
-        shutdown_timeout_seconds=20,
-    )
+    from tests.multiprocess_worker import start_process
+
+    start_process(process_id, port)  # 2 CPU devices per process, as here before
     from experiments import trainer
 
     written = []

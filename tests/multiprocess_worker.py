@@ -17,8 +17,9 @@ STEPS = 2
 ALPHA = 6.4e-3  # mean reduction: the penalty term about the size of the cross-entropy
 
 
-def main(process_id: int, port: int, out: str) -> None:
-    # Before any JAX computation: 2 CPU devices per process, gloo collectives.
+def start_process(process_id: int, port: int) -> None:
+    """Joins the two-process CPU cluster: before any JAX computation, 2 CPU devices per
+    process, gloo collectives, full-precision matmuls, the coordinator on ``port``."""
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", LOCAL_DEVICES)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -31,6 +32,10 @@ def main(process_id: int, port: int, out: str) -> None:
         heartbeat_timeout_seconds=20,
         shutdown_timeout_seconds=20,
     )
+
+
+def main(process_id: int, port: int, out: str) -> None:
+    start_process(process_id, port)
     import numpy as np
 
     from pmm_jax import training

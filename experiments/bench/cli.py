@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import platform
 import sys
@@ -208,7 +207,7 @@ def main(argv=None):
 
     import jax
 
-    from experiments.bench.timing import device_name, load_average, peak_memory_mb
+    from experiments.bench.timing import device_name, load_average, write_result
 
     threads["torch"] = args.threads
     threads["torch_env"] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
@@ -234,9 +233,5 @@ def main(argv=None):
         if name in names:
             print(f"[bench] {name}", flush=True)
             fn(args, result)
-    result["load_avg_end"] = load_average()
-    result["peak_memory_mb"] = peak_memory_mb()
-    result["wall_s"] = time.perf_counter() - start
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(result, args.out, start)
     print(f"[bench] wrote {args.out} ({result['wall_s']:.0f} s)")

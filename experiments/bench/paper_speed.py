@@ -687,7 +687,7 @@ def main(argv=None):
     import jax
 
     from experiments.bench import torch_peer
-    from experiments.bench.timing import device_name, load_average, peak_memory_mb
+    from experiments.bench.timing import device_name, load_average, write_result
     from pmm_jax import training
 
     backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
@@ -737,13 +737,7 @@ def main(argv=None):
         row = peer_row(peer_variants, args.tiny)
         result["peers"] = [row] if row else []
         result["peer_variants_failed"] = [v for v in peer_variants if "error" in v]
-        result["load_avg_end"] = load_average()
-        result["peak_memory_mb"] = peak_memory_mb()
-        result["wall_s"] = time.perf_counter() - start
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.out)
+        write_result(result, args.out, start)
 
     print(f"[paper-speed] {len(tasks)} pieces of work on {result['device']}", flush=True)
     for task in tasks:

@@ -25,7 +25,6 @@ is compiled and counted but not run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -371,7 +370,7 @@ def main(argv=None):
         ).strip()
     import jax
 
-    from experiments.bench.timing import device_name, load_average, peak_memory_mb
+    from experiments.bench.timing import device_name, load_average, write_result
 
     if jax.device_count() < devices:
         raise SystemExit(f"need {devices} devices for mesh {args.mesh}; JAX sees {jax.devices()}")
@@ -392,9 +391,5 @@ def main(argv=None):
             max_gib=args.max_gib,
         ),
     }
-    result["load_avg_end"] = load_average()
-    result["peak_memory_mb"] = peak_memory_mb()
-    result["wall_s"] = time.perf_counter() - start
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(result, args.out, start)
     print(f"[bench] wrote {args.out} ({result['wall_s']:.0f} s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -150,3 +151,15 @@ def device_name() -> str:
     if dev.platform == "cpu":
         return f"cpu ({os.cpu_count()} cores, {kind})"
     return f"{dev.platform} ({kind})"
+
+
+def write_result(result: dict, path: str, start: float) -> None:
+    """Stamps ``result`` with the end load average, peak memory and wall time since
+    ``start`` (``time.perf_counter()``) and writes it to ``path`` as JSON, atomically."""
+    result["load_avg_end"] = load_average()
+    result["peak_memory_mb"] = peak_memory_mb()
+    result["wall_s"] = time.perf_counter() - start
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
