@@ -55,6 +55,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -351,9 +352,20 @@ def write_choice(workdir: str, group: str, hashes: Mapping[str, str], choice: di
 
 
 def _read(workdir: str) -> dict:
+    path = os.path.join(workdir, RECORD)
+    if not os.path.exists(path):
+        return {}  # none yet
     try:
-        with open(os.path.join(workdir, RECORD)) as f:
+        with open(path) as f:
             records = json.load(f)
     except (OSError, ValueError):
-        return {}  # none yet, or torn: measured again
-    return records if isinstance(records, dict) else {}
+        records = None
+    if not isinstance(records, dict):
+        warnings.warn(
+            f"{path} is unreadable (torn or not a JSON object): the runs' form is measured "
+            "again, and a resumed run may then differ from an uninterrupted one in float "
+            "rounding (it is the same training).",
+            stacklevel=2,
+        )
+        return {}
+    return records

@@ -216,3 +216,14 @@ def test_one_run_under_auto_chooses_between_scan_and_loop(dataset, tmp_path):
     assert info["runs"] == 1 and set(info["auto"]["ms_per_step"]) == {"vmap", "vmap_loop"}
     assert info["mode"] == min(info["auto"]["ms_per_step"], key=info["auto"]["ms_per_step"].get)
     assert json.loads((tmp_path / runs.RECORD).read_text())["pmm"]["mode"] == info["mode"]
+
+
+def test_a_torn_choice_record_is_measured_again_with_a_warning(tmp_path):
+    hashes = {"baseline": "h1", "pmm": "h2"}
+    assert runs.read_choice(str(tmp_path), "baseline+pmm", hashes) is None  # none yet: quiet
+    runs.write_choice(str(tmp_path), "baseline+pmm", hashes, {"mode": "vmap_loop"})
+    assert runs.read_choice(str(tmp_path), "baseline+pmm", hashes)["mode"] == "vmap_loop"
+    assert runs.read_choice(str(tmp_path), "baseline+pmm", {"pmm": "h2"}) is None  # other group
+    (tmp_path / runs.RECORD).write_text('{"baseline+pmm": {"mo')
+    with pytest.warns(UserWarning, match="unreadable.*measured again"):
+        assert runs.read_choice(str(tmp_path), "baseline+pmm", hashes) is None
