@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import warnings
 
 import chex
@@ -123,6 +124,82 @@ def test_bit_flips_in_the_latest_are_caught_and_the_previous_is_restored(tmp_pat
     moved = os.listdir(str(directory) + ".corrupt")
     assert len(moved) == 1 and moved[0].startswith("6-")  # kept, not deleted
     assert training.Checkpointer(directory).all_steps() == [2, 4]
+
+
+@pytest.mark.parametrize("ledger", ["kept", "deleted"])
+def test_a_checkpoint_that_lost_its_record_next_to_recorded_ones_is_damaged(tmp_path, ledger):
+    # Issue #22, case 1: flip bytes in the newest checkpoint's data and delete its
+    # _CHECKPOINT_METADATA (where its record lives). It is not an "old" checkpoint:
+    # the directory's ledger -- or, without it, the recorded older checkpoint -- says so.
+    directory = tmp_path / "ckpt"
+    ckpt = training.Checkpointer(directory, save_every=2, keep=3)
+    state, saved = _train(toy_state(WIDE), 6, ckpt)
+    ckpt.close()
+    _flip_so_that_orbax_reads_it_back(directory, 6, like=state)
+    (directory / "6" / "_CHECKPOINT_METADATA").unlink()
+    if ledger == "deleted":
+        (directory / training.checkpoint.LEDGER).unlink()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restored = training.Checkpointer(directory).restore_latest(toy_state(WIDE, seed=5))
+    categories = [w.category for w in caught]
+    assert training.CheckpointNotVerifiedWarning not in categories
+    (corrupt,) = [w for w in caught if w.category is training.CheckpointCorruptWarning]
+    why = "ledger" if ledger == "kept" else "older checkpoint at step 2"
+    assert re.search(rf"step 6 .*no integrity record, but .*{why}", str(corrupt.message))
+    assert int(restored.step) == 4
+    chex.assert_trees_all_equal(jax.device_get(restored.checkpoint_items()), saved[4])
+    (moved,) = os.listdir(str(directory) + ".corrupt")
+    assert moved.startswith("6-")  # kept, not deleted
+
+
+def test_a_lone_checkpoint_that_lost_its_record_is_damaged_by_the_ledger(tmp_path):
+    directory = tmp_path / "ckpt"
+    ckpt = training.Checkpointer(directory, save_every=2, keep=1)
+    _train(toy_state(), 4, ckpt)
+    ckpt.close()
+    assert training.Checkpointer(directory).all_steps() == [4]
+    (directory / "4" / "_CHECKPOINT_METADATA").unlink()
+    with pytest.warns(training.CheckpointCorruptWarning, match=r"no integrity record, but"):
+        assert training.Checkpointer(directory).restore_latest(toy_state(seed=5)) is None
+    assert os.listdir(str(directory) + ".corrupt")[0].startswith("4-")
+
+
+def test_a_file_named_like_a_step_is_moved_aside_never_deleted(tmp_path):
+    # Issue #22, case 2: orbax deleted a file at <dir>/4 to save step 4 there.
+    directory = tmp_path / "ckpt"
+    ckpt = training.Checkpointer(directory, save_every=2, keep=2)
+    _train(toy_state(), 4, ckpt)
+    ckpt.close()
+    shutil.rmtree(directory / "4")
+    (directory / "4").write_text("a user's file")
+    (directory / "notes.txt").write_text("mine")
+    (directory / "notes").mkdir()
+
+    ckpt = training.Checkpointer(directory, save_every=2, keep=2)
+    with pytest.warns(training.CheckpointCorruptWarning, match=r"4 is a file, not a checkpoint"):
+        restored = ckpt.restore_latest(toy_state(seed=5))
+    assert int(restored.step) == 2
+    (moved,) = os.listdir(str(directory) + ".corrupt")
+    assert moved.startswith("4-not-a-checkpoint-")
+    assert (directory.parent / "ckpt.corrupt" / moved).read_text() == "a user's file"
+
+    # A file that appears later where a save is due is moved aside first, with a warning.
+    _, more = _train(restored, 2, ckpt)  # saves step 4
+    (directory / "6").write_text("another file")
+    with pytest.warns(training.CheckpointCorruptWarning, match=r"6 is a file, not a checkpoint"):
+        _, more6 = _train(_restore(directory), 2, ckpt)  # saves step 6 (keep=2: 4 and 6)
+    ckpt.close()
+    assert sorted(more) == [4] and sorted(more6) == [6]
+    assert training.Checkpointer(directory).all_steps() == [4, 6]
+    kept = sorted(os.listdir(str(directory) + ".corrupt"))
+    assert [k.split("-")[0] for k in kept] == ["4", "6"]
+    assert (directory / "notes.txt").read_text() == "mine" and (directory / "notes").is_dir()
+
+
+def _restore(directory):
+    return training.Checkpointer(directory).restore_latest(toy_state(seed=5))
 
 
 def test_stray_step_directories_are_ignored_and_saving_still_works(tmp_path):

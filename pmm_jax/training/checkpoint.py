@@ -28,10 +28,16 @@
      :class:`CheckpointCorruptWarning` and *moved aside* to
      ``<directory>.corrupt/`` -- never deleted -- and the next older one is tried.
 
-  A checkpoint written before records existed (no record in its metadata) is
-  restored after the structure and finiteness checks, with one
-  :class:`CheckpointNotVerifiedWarning`. Failures of the machine rather than the
-  files (out of memory, permission denied) are raised, not taken as corruption.
+  A checkpoint without a record is *damaged* (its ``_CHECKPOINT_METADATA`` was
+  lost or rewritten) when the directory says records are written there: its
+  ledger (``pmm_jax_checkpoints.json``, written with the first recorded save)
+  names an earlier or equal first recorded step, or an older checkpoint of the
+  directory has a record. It is moved aside like any untrusted checkpoint. Only
+  where nothing says so -- a directory written before records existed -- is a
+  checkpoint without a record restored after the structure and finiteness
+  checks, with one :class:`CheckpointNotVerifiedWarning`. Failures of the machine
+  rather than the files (out of memory, permission denied) are raised, not taken
+  as corruption.
 
   Orbax has no check of its own for this: the zstd frames it writes carry no
   checksum, and zarr3's crc32c covers only the shard index, so most flipped bits
@@ -41,7 +47,11 @@
   restored from and never a reason to distrust the others: they are moved aside
   to ``<directory>.corrupt/<step>-incomplete-<time>`` with a warning, so that
   they neither take one of the ``keep`` slots nor block a later save at that
-  step. Orbax's temporary directories and other names are left alone.
+  step. A *file* (or link) named like a step is moved aside the same way
+  (``<step>-not-a-checkpoint-<time>``) before anything is saved at its step:
+  orbax would otherwise delete it to save there. Orbax's temporary directories
+  and other names are left alone: nothing in the directory that is not one of
+  our checkpoints is ever deleted or overwritten.
 * Restoring is sharding-agnostic: the arrays are read into the shardings of the
   ``state`` you pass (e.g. replicated on a 1-device or an 8-device mesh), so a
   checkpoint saved from 8 devices restores onto 1 and the other way round.
@@ -53,6 +63,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -71,6 +82,8 @@ log = logging.getLogger(__name__)
 # The key of the integrity record in a step's `custom_metadata`.
 RECORD_KEY = "pmm_jax_integrity"
 RECORD_VERSION = 1
+# The directory's ledger: from which step on its checkpoints carry a record.
+LEDGER = "pmm_jax_checkpoints.json"
 # The item directory of orbax's single-item ("default") mode inside a step directory.
 _ITEM = "default"
 _MAX_LISTED = 12  # differing arrays named in an error message
@@ -82,8 +95,9 @@ class CheckpointCorruptWarning(UserWarning):
 
 
 class CheckpointNotVerifiedWarning(UserWarning):
-    """A checkpoint has no integrity record (written by an older version); it was
-    restored after the structure and finiteness checks only."""
+    """A checkpoint has no integrity record and nothing in its directory says it
+    should have one (written by an older version); it was restored after the
+    structure and finiteness checks only."""
 
 
 class CheckpointNotSavedWarning(UserWarning):
@@ -158,6 +172,7 @@ class Checkpointer:
             return False
         if not self._swept:
             self._set_aside_incomplete()
+        self._set_aside_non_directory(step)  # orbax would delete it to save here
         if step in self._manager.all_steps():
             self._manager.wait_until_finished()  # it may be our own save, still in flight
             if self._is_complete(step):
@@ -174,6 +189,7 @@ class Checkpointer:
                 CheckpointNotSavedWarning,
             )
             return False
+        self._write_ledger(step)
         self._manager.save(
             step,
             args=ocp.args.StandardSave(items),
@@ -207,6 +223,11 @@ class Checkpointer:
                 continue
             try:
                 record = self._check_structure(step, expected)
+                if record is None and (why := self._record_expected(step)):
+                    raise _Untrusted(
+                        f"it has no integrity record, but {why}: its _CHECKPOINT_METADATA was "
+                        "lost or damaged, so its arrays cannot be verified"
+                    )
                 items = self._manager.restore(step, args=ocp.args.StandardRestore(target))
                 _verify(items, record)
             except CheckpointMismatchError:
@@ -219,7 +240,8 @@ class Checkpointer:
             if record is None and not self._warned_unverified:
                 self._warned_unverified = True
                 _warn(
-                    f"Checkpoint at step {step} in {self.directory} has no integrity record "
+                    f"Checkpoint at step {step} in {self.directory} has no integrity record, "
+                    "and neither the directory's ledger nor an older checkpoint says it should "
                     "(it was written by an older version of pmm_jax): restored after checking "
                     "its structure and that its values are finite, without checksums. "
                     "Checkpoints saved from now on are verified.",
@@ -265,6 +287,52 @@ class Checkpointer:
             )
         return record
 
+    def _record_expected(self, step: int) -> str:
+        """Why the checkpoint at ``step`` must have an integrity record ("" if nothing
+        says so): the ledger's first recorded step is at or before it, or an older
+        checkpoint of this directory has a record."""
+        since = self._ledger_since()
+        if since is not None and step >= since:
+            return (
+                f"this directory's ledger ({LEDGER}) says every checkpoint from step {since} on is "
+                "saved with one"
+            )
+        for other in sorted(self._manager.all_steps()):
+            if other >= step:
+                break
+            try:
+                custom = self._manager.metadata(other).custom_metadata or {}
+            except Exception:  # unreadable: it says nothing either way
+                continue
+            if RECORD_KEY in custom:
+                return f"the older checkpoint at step {other} in this directory has one"
+        return ""
+
+    def _ledger_path(self) -> str:
+        return os.path.join(self.directory, LEDGER)
+
+    def _ledger_since(self) -> int | None:
+        """The first step saved with records here, from the ledger (None: no ledger)."""
+        try:
+            with open(self._ledger_path()) as f:
+                since = json.load(f).get("records_since_step")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return since if isinstance(since, int) and not isinstance(since, bool) else None
+
+    def _write_ledger(self, step: int) -> None:
+        """Notes in the directory, once, that checkpoints from ``step`` on carry records."""
+        since = self._ledger_since()
+        if (since is not None and since <= step) or jax.process_index() != 0:
+            return
+        path = self._ledger_path()
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"records_since_step": step, "record_version": RECORD_VERSION}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
     def _is_complete(self, step: int) -> bool:
         item = os.path.join(self.directory, str(step), _ITEM)
         return os.path.isdir(item) and bool(os.listdir(item))
@@ -275,6 +343,9 @@ class Checkpointer:
         """Moves step directories that hold no checkpoint out of orbax's way."""
         self._swept = True
         self._manager.wait_until_finished()  # an async save is complete only once renamed
+        for name in sorted(os.listdir(self.directory)) if os.path.isdir(self.directory) else ():
+            if name.isdigit():
+                self._set_aside_non_directory(int(name))
         incomplete = [s for s in self._manager.all_steps() if not self._is_complete(s)]
         for step in sorted(incomplete):
             src = os.path.join(self.directory, str(step))
@@ -291,6 +362,22 @@ class Checkpointer:
         _sync("pmm_jax_checkpoint_set_aside")
         if incomplete:
             self._manager.reload()
+
+    def _set_aside_non_directory(self, step: int) -> None:
+        """Moves a file or link named like ``step`` out of the way of a save there."""
+        src = os.path.join(self.directory, str(step))
+        if not os.path.lexists(src) or (os.path.isdir(src) and not os.path.islink(src)):
+            return  # (every process sees the same directory, so all return here together)
+        dst = self._corrupt_path(f"{step}-not-a-checkpoint")
+        _warn(
+            f"{src} is a {'link' if os.path.islink(src) else 'file'}, not a checkpoint, where "
+            f"the checkpoint of step {step} is to be saved: moved it to {dst} (orbax would "
+            "have deleted it). Nothing else was touched.",
+            CheckpointCorruptWarning,
+        )
+        _sync(f"pmm_jax_checkpoint_not_a_dir_{step}_seen")
+        self._move(src, dst)
+        _sync(f"pmm_jax_checkpoint_not_a_dir_{step}_moved")
 
     def _quarantine(self, step: int, err: Exception) -> None:
         src = os.path.join(self.directory, str(step))
