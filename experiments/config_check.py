@@ -130,9 +130,17 @@ def tuple_of(item: Rule, what: str, *, nonempty: bool = False) -> Rule:
     )
 
 
+# Seeds key the parameters, the dropout streams and the data order (numpy and JAX
+# integers alike), held as int32: each in [0, 2**31).
+SEED_LIMIT = 2**31
+
+
 def _seeds_ok(v) -> bool:
     return (
-        isinstance(v, (tuple, list)) and bool(v) and all(map(_is_int, v)) and len(set(v)) == len(v)
+        isinstance(v, (tuple, list))
+        and bool(v)
+        and all(_is_int(s) and 0 <= s < SEED_LIMIT for s in v)
+        and len(set(v)) == len(v)
     )
 
 
@@ -173,7 +181,9 @@ FIELDS: dict[str, Rule] = {
     "allow_random_init": BOOL,
     # Seeds, batches, length.
     "seeds": Rule(
-        "must be a non-empty tuple of distinct integers, e.g. (0, 1, 2)", _seeds_ok, required=True
+        "must be a non-empty tuple of distinct integers in [0, 2**31), e.g. (0, 1, 2)",
+        _seeds_ok,
+        required=True,
     ),
     "batch_size": integer(1, required=True),
     "eval_batch_size": integer(1, required=True),

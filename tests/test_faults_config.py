@@ -403,3 +403,32 @@ def test_sweep_checks_every_grid_point_and_refuses_shadowed_overrides(tmp_path):
         config.sweep.dropout_rates = (0.2, 1.5)
     with pytest.raises(ConfigError, match=r"sweep\.dropout_rates = \(0\.2, 1\.5\): must be a tup"):
         run_sweep(config, str(tmp_path / "w"))
+
+
+# --- Issue #22: seeds ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seeds", [(-1,), (2**40,), (2**31,), (0, 3, 0), (1.5,)])
+def test_bad_seeds_are_refused_by_the_config_check(seeds):
+    """Was: an OverflowError traceback from create_train_state (2**40), or a ValueError
+    after the check had passed and files were written (-1)."""
+    problems = check(_local(seeds=seeds))
+    assert _fields(problems) == ["seeds"]
+    assert "distinct integers in [0, 2**31)" in str(problems[0])
+    assert check(_local(seeds=(0, 2**31 - 1))) == []
+
+
+def test_cli_bad_seeds_write_nothing(tmp_path):
+    workdir = tmp_path / "w"
+    code, err, _ = _cli(workdir, "--config", LOCAL, "--config.seeds=(1099511627776,)")
+    assert code == 2 and "Traceback" not in err, err
+    assert "seeds = (1099511627776,): must be a non-empty tuple of distinct integers" in err
+    assert not workdir.exists()  # nothing written, not even the workdir
+
+
+def test_create_train_state_names_a_seed_out_of_int32():
+    from tests.toy import toy_state
+
+    for seed in ([2**40], 2**31, [0, True], []):
+        with pytest.raises(ValueError, match=r"`seed` must be an integer in \[-2\*\*31, 2\*\*31\)"):
+            toy_state(seed=seed)

@@ -100,10 +100,11 @@ def create_train_state(
         batch_stats = variables.pop("batch_stats", {})
         return jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), state_key
 
+    seeds = _check_seeds(seed)
     if isinstance(seed, (int, np.integer)):
-        arrays = jax.jit(init)(seed)
+        arrays = jax.jit(init)(seeds[0])
     else:
-        arrays = jax.jit(jax.vmap(init))(jnp.asarray(list(seed)))
+        arrays = jax.jit(jax.vmap(init))(jnp.asarray(seeds, jnp.int32))
     step, params, batch_stats, opt_state, rng = arrays
     return TrainState(
         step=step,
@@ -114,6 +115,27 @@ def create_train_state(
         apply_fn=model.apply,
         tx=tx,
     )
+
+
+_SEED_RANGE = (-(2**31), 2**31)  # int32: stacked seeds are one int32 array
+
+
+def _check_seeds(seed) -> list[int]:
+    """``seed`` as a list of Python ints, each an integer that fits int32."""
+    single = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+    try:
+        seeds = [seed] if single else list(seed)
+    except TypeError:
+        seeds = None
+    lo, hi = _SEED_RANGE
+    if not seeds or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and lo <= s < hi for s in seeds
+    ):
+        raise ValueError(
+            f"`seed` must be an integer in [-2**31, 2**31) or a non-empty sequence of them "
+            f"(a stacked state holds its seeds as int32); got {seed!r}."
+        )
+    return [int(s) for s in seeds]
 
 
 def nonfinite_steps(state: TrainState) -> jax.Array:
