@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from experiments.configs import config_files, load_module
+from experiments.config.files import config_files, load_module
 from experiments.data.base import sample_input
 from experiments.data.registry import dataset_info
 

@@ -38,12 +38,18 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import config_check
+from experiments.config import check
+from experiments.config.argv import check_argv
+from experiments.config.fields import SWEEP_ALPHA_SCHEDULES
+from experiments.config.identity import ConfigChangedError
+from experiments.config.methods import merge
+from experiments.config.problems import MISSING, ConfigError, Problem
 from experiments.configs.common import PAPER_RAMP, PAPER_SCHEDULE, ramp
 from experiments.data.registry import get_dataset
 from experiments.models import resolve_pretrained
-from experiments.trainer import ConfigChangedError, merge, train_method
-from experiments.workdir_lock import WorkdirLocked, workdir_lock
+from experiments.run import workdir as wd
+from experiments.run.job import train_method
+from experiments.run.lock import WorkdirLocked, workdir_lock
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
@@ -64,7 +70,7 @@ def grid_points(config) -> list[tuple[str, float, dict]]:
     """``(family, value, overrides)`` for every run of the sweep, in the order they run."""
     sweep = config.sweep
     points = [("baseline", 0.0, {})]
-    schedules = sweep.get("alpha_schedules", config_check.SWEEP_ALPHA_SCHEDULES)
+    schedules = sweep.get("alpha_schedules", SWEEP_ALPHA_SCHEDULES)
     for alpha in sweep.get("alphas", ()):
         for schedule in schedules:
             points.append((f"pmm_{schedule}", alpha, {"pmm": _SCHEDULES[schedule](alpha)}))
@@ -99,22 +105,21 @@ def run_sweep(config, workdir: str, *, overrides: dict | None = None) -> dict:
     """Trains every grid point of ``config.sweep`` and writes ``sweep.json`` and the plot.
 
     Every point's config is checked before the data is read and again with the
-    dataset's size and splits (``experiments/config_check.py``); ``overrides`` (the
+    dataset's size and splits (``experiments/config/check.py``); ``overrides`` (the
     command line's ``--config.*``) that a point would shadow are refused. The
     workdir is locked for the whole sweep (one run per workdir).
     """
     if "sweep" not in config:
         allowed = "is required: the grid to run (a config without one: python -m experiments.train)"
-        raise config_check.ConfigError(
-            [config_check.Problem("sweep", config_check._MISSING, allowed)]
-        )
-    config_check.validate(config)  # the grid (config.sweep) and the base fields
+        raise ConfigError([Problem("sweep", MISSING, allowed)])
+    check.validate(config)  # the grid (config.sweep) and the base fields
     points = {
         f"{family}_{value:g}": (family, value, point)
         for family, value, point in grid_points(config)
     }
     grid = {name: point for name, (_, _, point) in points.items()}
-    config_check.validate(_without_sweep(config), methods=grid, overrides=overrides, sweep=True)
+    check.validate(_without_sweep(config), methods=grid, overrides=overrides, sweep=True)
+    wd.prepare(workdir)
     with workdir_lock(workdir):
         config = resolve_pretrained(config)  # a BERT's checkpoint: its tokenizer, its shape
         return _run_points(config, _without_sweep(config), points, workdir)
@@ -122,16 +127,14 @@ def run_sweep(config, workdir: str, *, overrides: dict | None = None) -> dict:
 
 def _run_points(config, base, points: dict, workdir: str) -> dict:
     grid = {name: point for name, (_, _, point) in points.items()}
-    os.makedirs(workdir, exist_ok=True)
     dataset = get_dataset(config.dataset, **config.dataset_kwargs)
     if "validation" not in dataset.eval_splits:
         raise ValueError("The sweep selects on a validation split; the dataset has none.")
-    config_check.validate(
-        base, methods=grid, num_train=dataset.num_train, eval_splits=dataset.eval_splits
-    )
+    check.validate(base, methods=grid, num_train=dataset.num_train, eval_splits=dataset.eval_splits)
     rows = []
     for name, (family, value, point) in points.items():
-        result = train_method(merge(base, point), dataset, os.path.join(workdir, name), name=name)
+        mdir = wd.method_dir(workdir, name).path
+        result = train_method(merge(base, point), dataset, mdir, name=name)
         acc = np.asarray(result.final_accuracy)  # final_split="validation": validation accuracy
         rows.append(
             {
@@ -160,8 +163,7 @@ def _run_points(config, base, points: dict, workdir: str) -> dict:
         "selected": selected,
         "config": config.to_dict(),
     }
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump(out, f, indent=2, default=str)
+    wd.write_json(os.path.join(workdir, wd.SWEEP), out)
     plot_sweep(rows, os.path.join(workdir, "sweep_alpha.png"))
     print("\nvalidation accuracy (mean ± std over seeds):")
     for r in rows:
@@ -286,13 +288,13 @@ def main(argv):
     try:
         overrides = config_flags.get_override_values(FLAGS["config"])
         run_sweep(FLAGS.config, FLAGS.workdir, overrides=overrides)
-    except (config_check.ConfigError, ConfigChangedError, WorkdirLocked) as e:
+    except (ConfigError, ConfigChangedError, WorkdirLocked, wd.WorkdirError) as e:
         print(f"experiments.sweep: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
 def run():
-    unknown = config_check.check_argv(sys.argv, os.path.join(CONFIG_DIR, "sweep_mnist1d.py"))
+    unknown = check_argv(sys.argv, os.path.join(CONFIG_DIR, "sweep_mnist1d.py"))
     if unknown:  # one line each, not ml_collections' chained tracebacks
         print("experiments.sweep: error: " + "\n".join(unknown), file=sys.stderr, flush=True)
         sys.exit(2)

@@ -18,7 +18,7 @@ methods (each a set of overrides of the base fields, ``config.methods``):
   fields it sets; for others, the base value above with ``--methods=NAME``).
 
 Before anything trains, every field of every method's effective config is
-checked (``experiments/config_check.py``): one error lists every problem, each
+checked (``experiments/config/check.py``): one error lists every problem, each
 naming the field (``methods.NAME.FIELD`` where a method sets it), its value and
 what is allowed, and the command exits with status 2. An unknown
 ``--config.FIELD`` gets one line with the closest known fields. Each method's
@@ -65,9 +65,12 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (where checkpoints, logs and results go).")
-    from experiments.config_check import ConfigError
-    from experiments.trainer import ConfigChangedError, select_methods, train_and_evaluate
-    from experiments.workdir_lock import WorkdirLocked
+    from experiments.config.identity import ConfigChangedError
+    from experiments.config.methods import select_methods
+    from experiments.config.problems import ConfigError
+    from experiments.run.job import train_and_evaluate
+    from experiments.run.lock import WorkdirLocked
+    from experiments.run.workdir import WorkdirError
 
     config = FLAGS.config
     if "sweep" in config:  # trained here, the grid would be silently ignored
@@ -80,7 +83,7 @@ def main(argv):
             config = select_methods(config, FLAGS.methods)
         overrides = config_flags.get_override_values(FLAGS["config"])
         train_and_evaluate(config, FLAGS.workdir, overrides=overrides)
-    except (ConfigError, ConfigChangedError, WorkdirLocked) as e:  # a message, not a traceback
+    except (ConfigError, ConfigChangedError, WorkdirLocked, WorkdirError) as e:  # one message
         fail(str(e))
 
 
@@ -98,7 +101,7 @@ def run():
         app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
     # An unknown --config.FIELD: one line, before ml_collections fails with a bare
     # AttributeError after several chained tracebacks.
-    from experiments.config_check import check_argv
+    from experiments.config.argv import check_argv
 
     unknown = check_argv(argv, os.path.join(CONFIG_DIR, "default.py"))
     if unknown:

@@ -1,7 +1,9 @@
 """Shared pieces of the BERT tests: a tiny tokenizer, a tiny config, fake checkpoints."""
 
 import json
+import os
 import string
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from experiments.models.bert import BertClassifier, BertConfig
+from experiments.models.bert_import import ImportReport, load_hf_params, read_hf_checkpoint
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "movie", "was", "good", "bad", "a", "man", "eats", "food"]
@@ -134,3 +137,40 @@ def write_checkpoint(path, cfg, state, *, tokenizer=None):
     if tokenizer is not None:
         tokenizer.save(str(path / "tokenizer.json"))
     return path
+
+
+def load_hf_bert(
+    path: str | os.PathLike,
+    num_classes: int,
+    *,
+    seed: int = 0,
+    dtype: Any = jnp.float32,
+    load_head: bool = True,
+) -> tuple[BertClassifier, dict[str, Any], ImportReport]:
+    """Builds a ``BertClassifier`` from a checkpoint directory on disk (for the tests:
+    the trainer loads weights through the family's ``load``).
+
+    Args:
+      path: directory with ``config.json`` and the weights (see module docstring).
+      num_classes: number of classes of the (new) head.
+      seed: seed of the fresh initialization of the head (and pooler, if absent).
+      dtype: compute dtype of the model; params are float32.
+      load_head: see ``load_hf_params``.
+
+    Returns:
+      ``(model, params, report)``.
+
+    Raises:
+      CheckpointMismatchError: see ``load_hf_params``.
+    """
+    config = BertConfig.from_hf_config(path)
+    model = BertClassifier(config, num_classes, dtype=dtype)
+    dummy = {k: jnp.zeros((1, 2), jnp.int32) for k in ("input_ids", "token_type_ids")}
+    dummy["attention_mask"] = jnp.ones((1, 2), jnp.int32)
+    params = jax.jit(lambda rng: model.init(rng, dummy, train=False)["params"])(
+        jax.random.key(seed)
+    )
+    params, report = load_hf_params(
+        read_hf_checkpoint(path), params, config=config, load_head=load_head
+    )
+    return model, params, report

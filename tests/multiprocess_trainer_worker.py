@@ -18,10 +18,10 @@ import jax
 
 
 def config():
-    from experiments import trainer
+    from experiments.config.methods import select_methods
     from experiments.configs import default
 
-    c = trainer.select_methods(default.get_config("local"), ["pmm"])
+    c = select_methods(default.get_config("local"), ["pmm"])
     with c.unlocked():
         c.seeds = (0, 1)
         c.batch_size = 96  # 24 rows per device on 4 devices
@@ -63,12 +63,12 @@ def main(process_id: int, port: int, workdir: str, out: str) -> None:
     from tests.multiprocess_worker import start_process
 
     start_process(process_id, port)  # 2 CPU devices per process, as here before
-    from experiments import trainer
+    from experiments.run.job import train_and_evaluate
 
     written = []
     if process_id == 1:
         _record_writes(workdir, written)
-    summary = trainer.train_and_evaluate(config(), workdir)
+    summary = train_and_evaluate(config(), workdir)
     method = summary["methods"]["pmm"]
     with open(f"{out}.{process_id}", "w") as f:  # the test's output, not the trainer's
         json.dump({"method": method, "written": written}, f, default=str)

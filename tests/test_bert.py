@@ -16,7 +16,6 @@ from experiments.models.bert import ACTIVATIONS, BertClassifier, BertConfig, Ber
 from experiments.models.bert_import import (
     CheckpointMismatchError,
     hf_name_map,
-    load_hf_bert,
     load_hf_params,
     read_hf_checkpoint,
 )
@@ -24,6 +23,7 @@ from tests.bert_helpers import (
     fake_hf_state_dict,
     hf_config_json,
     init_params,
+    load_hf_bert,
     max_abs_diff,
     random_inputs,
     tiny_config,

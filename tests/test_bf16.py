@@ -20,9 +20,10 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from experiments import trainer
+from experiments.config.plan import plan_of
 from experiments.configs import cifar10_resnet44
 from experiments.data import feed, images
+from experiments.run.build import build
 from pmm_jax import training
 
 STEPS = 12
@@ -44,9 +45,9 @@ def _run(dtype: str):
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=256):
         ds = images.get_dataset("cifar10", validation_size=0)
         mesh = training.make_mesh()
-        trainee = trainer.build(config, ds, mesh, trainer.plan_of(config, ds))
+        trainee = build(config, ds, mesh, plan_of(config, ds.num_train))
         block = next(feed.train_blocks(ds, trainee.seeds, BATCH, STEPS, mesh))
-        state, metrics = trainee.train_steps(trainee.state, block)
+        state, metrics = trainee.train_steps(trainee.initial_state(), block)
     return state, {k: np.asarray(v)[:, 0] for k, v in metrics.items()}
 
 

@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from experiments import runs
-from experiments.configs import load_config
+from experiments.config.files import load_config
+from experiments.config.identity import group_methods
+from experiments.config.methods import expand_methods
 from experiments.data.registry import dataset_info, get_dataset
-from experiments.trainer import expand_methods, train_and_evaluate
+from experiments.run.job import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
@@ -50,7 +51,7 @@ def test_cifar_rows_train_the_paired_row_in_one_program(name):
     assert c.seeds == (0, 1, 2, 3, 4) and c.runs_mode == "auto" and c.epochs_per_call == 1
     methods = expand_methods(c)
     assert list(methods) == ["baseline", "pmm"]
-    assert runs.group_methods(methods) == [["baseline", "pmm"]]
+    assert group_methods(methods) == [["baseline", "pmm"]]
     for twin, config in methods.items():
         alone = _config(name, twin).to_dict()
         together = config.to_dict()
@@ -59,7 +60,7 @@ def test_cifar_rows_train_the_paired_row_in_one_program(name):
         assert together == alone, twin
     local = expand_methods(_config(name, "local"))
     assert list(local) == ["baseline", "pmm"]
-    assert runs.group_methods(local) == [["baseline", "pmm"]]
+    assert group_methods(local) == [["baseline", "pmm"]]
 
 
 def test_recipes_match_the_paper():

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import trainer
+from experiments.config.plan import plan_of
 from experiments.configs import cifar10_resnet44
 from experiments.data import base, feed, images, order
+from experiments.run.build import build
+from experiments.run.evaluation import evaluate
 from pmm_jax import training
 from tests.mock_tfds import mock, take
 
@@ -210,8 +212,8 @@ def test_trainer_trains_the_same_from_the_host_and_the_device(mesh):
         config[f"{what}_every_steps"] = 3
     with mock(60):  # 50 training records: 3 steps per epoch, blocks cross epochs
         ds = images.get_dataset("cifar10", validation_size=10)
-        trainee = trainer.build(config, ds, mesh, trainer.plan_of(config, ds))
-        start = jax.tree.map(jnp.copy, trainee.state)
+        trainee = build(config, ds, mesh, plan_of(config, ds.num_train))
+        start = trainee.initial_state()
         losses, params = [], []
         for source in (ds, images.get_dataset("cifar10", validation_size=10, on_device=False)):
             assert (source.device_data is None) == (len(losses) == 1)
@@ -223,8 +225,7 @@ def test_trainer_trains_the_same_from_the_host_and_the_device(mesh):
                 out.append(np.asarray(metrics["loss"]))
             losses.append(np.concatenate(out))
             params.append(jax.device_get(state.params))
-            trainee.state = state
-            evaluated = trainer.evaluate(trainee, source, "validation", 8)
+            evaluated = evaluate(trainee, state, source, "validation", 8)
             losses[-1] = np.append(losses[-1], evaluated["loss"])
     np.testing.assert_array_equal(losses[0], losses[1])
     jax.tree.map(np.testing.assert_array_equal, params[0], params[1])

@@ -141,7 +141,7 @@ def test_dataset_preprocess_runs_on_device():
             "cifar100",
             validation_size=10,
             autoaugment=True,
-            cutout_size=images.CUTOUT_SIZE["cifar100"],
+            cutout_size=8,
         )
         batch = next(ds.train_iter(0, 8, 0, 1))
         preprocess = jax.jit(ds.preprocess, static_argnums=2)

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from experiments import config_check, evaluators
+from experiments import evaluators
+from experiments.config import check
+from experiments.config.problems import ConfigError
 from experiments.configs import default
 
 
@@ -51,10 +53,10 @@ def test_the_config_chooses_over_what_the_dataset_declares():
     with config.unlocked():
         config.batch_size, config.eval_batch_size = 96, 200  # 8 fake test devices
         config.evaluators = ("f1",)
-    config_check.validate(config)
+    check.validate(config)
     config.evaluators = ("bleu",)
-    with pytest.raises(config_check.ConfigError, match="evaluators = \\('bleu',\\)"):
-        config_check.validate(config)
+    with pytest.raises(ConfigError, match="evaluators = \\('bleu',\\)"):
+        check.validate(config)
 
 
 def test_per_split_reuses_what_was_evaluated():

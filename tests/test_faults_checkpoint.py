@@ -17,9 +17,12 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import trainer
+from experiments.config.identity import ConfigChangedError
+from experiments.config.methods import select_methods
 from experiments.configs import default
-from experiments.trainer import train_and_evaluate
+from experiments.run import job
+from experiments.run.job import train_and_evaluate
+from experiments.run.results import NonFiniteStepsError
 from pmm_jax import training
 from tests.toy import ToyNet, toy_data, toy_state
 
@@ -384,7 +387,7 @@ def test_checkpoints_without_a_record_restore_with_one_warning(tmp_path):
 
 
 def _local(**changes):
-    config = trainer.select_methods(default.get_config("local"), ["pmm"])
+    config = select_methods(default.get_config("local"), ["pmm"])
     with config.unlocked():
         config.batch_size = 96
         config.eval_batch_size = 200
@@ -396,7 +399,7 @@ def _local(**changes):
 
 def _poison_seed(seed_to_poison, every):
     """A get_dataset whose training batches for one seed hold a NaN every ``every``."""
-    real_get_dataset = trainer.get_dataset
+    real_get_dataset = job.get_dataset
 
     def get_dataset(name, **kwargs):
         ds = real_get_dataset(name, **kwargs)
@@ -418,8 +421,8 @@ def test_skipped_nonfinite_steps_are_reported_and_too_many_fail_the_run(
     tmp_path, monkeypatch, capsys
 ):
     config = _local(seeds=(0, 1))
-    monkeypatch.setattr(trainer, "get_dataset", _poison_seed(1, every=4))
-    with pytest.raises(trainer.NonFiniteStepsError, match="max_nonfinite_fraction") as err:
+    monkeypatch.setattr(job, "get_dataset", _poison_seed(1, every=4))
+    with pytest.raises(NonFiniteStepsError, match="max_nonfinite_fraction") as err:
         train_and_evaluate(config, str(tmp_path))
     assert err.value.offenders == [("pmm", 1, 10, 40)]
     assert "method 'pmm', seed 1: 10 of 40 training steps (25.0%)" in str(err.value)
@@ -459,7 +462,7 @@ def test_a_run_resumed_with_a_different_model_stops_and_keeps_its_checkpoints(tm
     with config.unlocked():
         config.model_kwargs.channels = 8  # a wider model, same workdir
     # The workdir's config.json says what changed, before any checkpoint is read.
-    with pytest.raises(trainer.ConfigChangedError, match=r"model_kwargs.channels: 4 then, 8 now"):
+    with pytest.raises(ConfigChangedError, match=r"model_kwargs.channels: 4 then, 8 now"):
         train_and_evaluate(config, str(tmp_path))
     assert _listing(checkpoints) == before
     # Without config.json (say, checkpoints copied elsewhere) the checkpoint's own
@@ -480,7 +483,7 @@ def test_a_method_resumed_under_a_changed_config_is_refused(tmp_path):
     train_and_evaluate(config, str(tmp_path))
     before = sorted(os.listdir(tmp_path / "pmm" / "checkpoints"))
     changed = _local(num_train_steps=20, eval_every_steps=20, weight_decay=0.5)
-    with pytest.raises(trainer.ConfigChangedError, match=r"weight_decay: 0\.0 then, 0\.5 now"):
+    with pytest.raises(ConfigChangedError, match=r"weight_decay: 0\.0 then, 0\.5 now"):
         train_and_evaluate(changed, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "pmm" / "checkpoints")) == before
     # The same config still reads its result back.

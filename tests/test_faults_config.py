@@ -3,7 +3,7 @@
 Command-line overrides that a method silently shadowed, values that failed only
 when a later method started (or never), division by zero, and bare tracebacks
 for unknown fields: every config is now checked as a whole, for every method,
-before anything trains (``experiments/config_check.py``), with one error naming
+before anything trains (``experiments/config/check.py``), with one error naming
 each field, its value and what is allowed.
 """
 
@@ -16,9 +16,12 @@ import time
 import jax
 import pytest
 
-from experiments import config_check, trainer
-from experiments.config_check import ConfigError, check
-from experiments.configs import config_files, default, load_config, sweep_mnist1d, tweets_minilm
+from experiments.config import argv, check
+from experiments.config.files import config_files, load_config
+from experiments.config.methods import expand_methods, merge, select_methods
+from experiments.config.problems import ConfigError
+from experiments.configs import default, sweep_mnist1d, tweets_minilm
+from experiments.run import job
 from experiments.sweep import grid_points, run_sweep
 from tests.fake_devices import one_device_env
 
@@ -89,32 +92,32 @@ def test_cli_override_that_a_method_shadows_is_refused_before_training(tmp_path)
 def test_override_equal_to_a_methods_own_value_shadows_nothing():
     value = default.PMM_ALPHA_END  # what the pmm method sets itself
     config = _local(**{"pmm.alpha_end": value})
-    chosen = trainer.select_methods(config, ["baseline", "pmm"])
-    assert check(chosen, overrides={"pmm.alpha_end": value}) == []
+    chosen = select_methods(config, ["baseline", "pmm"])
+    assert check.check(chosen, overrides={"pmm.alpha_end": value}) == []
 
 
 def test_override_reaches_exactly_the_methods_that_do_not_set_the_field():
     config = _local(weight_decay=0.5)
     overrides = {"weight_decay": 0.5}
-    chosen = trainer.select_methods(config, ["baseline", "pmm", "dropout"])
-    assert check(chosen, overrides=overrides) == []
-    effective = trainer.expand_methods(chosen)
+    chosen = select_methods(config, ["baseline", "pmm", "dropout"])
+    assert check.check(chosen, overrides=overrides) == []
+    effective = expand_methods(chosen)
     assert {n: c.weight_decay for n, c in effective.items()} == {
         "baseline": 0.5,
         "dropout": 0.5,
         "pmm": 0.5,
     }
     # With the method that sets it, the override is refused, not silently shadowed.
-    problems = check(config, overrides=overrides)
+    problems = check.check(config, overrides=overrides)
     assert _fields(problems) == [
         "methods.weight_decay.weight_decay",
         "methods.weight_decay_pmm.weight_decay",
     ]
     # The spelling the error names reaches the method, and nothing else.
     config.methods.weight_decay.weight_decay = 0.5
-    assert check(config, overrides={"methods.weight_decay.weight_decay": 0.5}) == []
-    assert trainer.expand_methods(config)["weight_decay"].weight_decay == 0.5
-    assert trainer.expand_methods(config)["weight_decay_pmm"].weight_decay == default.WEIGHT_DECAY
+    assert check.check(config, overrides={"methods.weight_decay.weight_decay": 0.5}) == []
+    assert expand_methods(config)["weight_decay"].weight_decay == 0.5
+    assert expand_methods(config)["weight_decay_pmm"].weight_decay == default.WEIGHT_DECAY
 
 
 def test_bogus_alpha_schedule_that_every_method_shadows_is_refused():
@@ -123,7 +126,7 @@ def test_bogus_alpha_schedule_that_every_method_shadows_is_refused():
     config = tweets_minilm.get_config("local")
     with config.unlocked():
         config.pmm.alpha_schedule = "bogus"
-    problems = check(config, overrides={"pmm.alpha_schedule": "bogus"}, device_count=1)
+    problems = check.check(config, overrides={"pmm.alpha_schedule": "bogus"}, device_count=1)
     text = "\n".join(map(str, problems))
     assert "pmm.alpha_schedule = 'bogus': must be one of 'none', 'constant'" in text
     assert "no method uses this value" in text
@@ -139,9 +142,9 @@ def test_bogus_penalty_reduction_fails_before_the_first_method(tmp_path, monkeyp
     config = _local()
     config.methods.pmm.pmm.penalty_reduction = "bogus"
     loaded = []
-    monkeypatch.setattr(trainer, "get_dataset", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(job, "get_dataset", lambda *a, **k: loaded.append(a))
     with pytest.raises(ConfigError) as e:
-        trainer.train_and_evaluate(config, str(tmp_path / "w"))
+        job.train_and_evaluate(config, str(tmp_path / "w"))
     assert str(e.value).count("\n") == 1  # one problem, one line
     assert (
         "methods.pmm.pmm.penalty_reduction = 'bogus': must be one of 'mean', 'official', 'sum'"
@@ -149,7 +152,7 @@ def test_bogus_penalty_reduction_fails_before_the_first_method(tmp_path, monkeyp
     )
     assert not loaded and _nothing_trained(tmp_path / "w")  # not even the data was read
     # In the base config, it names the methods that would use it.
-    problems = check(_local(**{"pmm.penalty_reduction": "bogus"}))
+    problems = check.check(_local(**{"pmm.penalty_reduction": "bogus"}))
     assert _fields(problems) == ["pmm.penalty_reduction"]
     users = "baseline, weight_decay, dropout, pmm, weight_decay_pmm, pmm_hinge"  # not pmm_paper
     assert f"(used by methods {users})" in str(problems[0])
@@ -159,22 +162,22 @@ def test_eval_batch_size_that_does_not_split_over_the_devices():
     """Was: a ValueError at the first evaluation, after the first training steps."""
     assert jax.device_count() == 8  # the tests' fake devices
     config = _local(num_devices=0, batch_size=96, eval_batch_size=500)
-    (problem,) = check(config)
+    (problem,) = check.check(config)
     assert problem.field == "eval_batch_size" and problem.value == 500
     assert "multiple of the 8 devices" in problem.allowed and "e.g. 504" in problem.allowed
     # The devices the run will use: num_devices, or all of them.
-    assert check(_local(num_devices=4, batch_size=96, eval_batch_size=500)) == []
-    assert _fields(check(_local(num_devices=16))) == ["num_devices"]
+    assert check.check(_local(num_devices=4, batch_size=96, eval_batch_size=500)) == []
+    assert _fields(check.check(_local(num_devices=16))) == ["num_devices"]
     config = _local(num_devices=8, batch_size=96, eval_batch_size=200)
     config.methods.dropout.batch_size = 100
-    assert _fields(check(config)) == ["methods.dropout.batch_size"]
+    assert _fields(check.check(config)) == ["methods.dropout.batch_size"]
 
 
 def test_zero_batch_size_and_steps_per_call_are_refused_not_divided_by(tmp_path):
     """Was: ZeroDivisionError."""
     config = _local(batch_size=0, steps_per_call=0)
     with pytest.raises(ConfigError) as e:
-        trainer.train_and_evaluate(config, str(tmp_path / "w"))
+        job.train_and_evaluate(config, str(tmp_path / "w"))
     assert _fields(e.value.problems) == ["batch_size", "steps_per_call"]
     assert "batch_size = 0: must be an integer >= 1" in str(e.value)
     assert "steps_per_call = 0: must be an integer >= 1" in str(e.value)
@@ -192,7 +195,7 @@ def test_every_problem_in_one_error_each_with_field_value_and_what_is_allowed():
     config.methods.dropout.model_kwargs.dropout_rate = 1.0
     config.methods.pmm.pmm.alpha_schedule = "constant"
     config.methods.pmm.pmm.alpha_end = 0.0
-    problems = check(config)
+    problems = check.check(config)
     assert _fields(problems) == [
         "seeds",
         "optimizer",
@@ -212,17 +215,19 @@ def test_every_problem_in_one_error_each_with_field_value_and_what_is_allowed():
 
 def test_values_that_need_the_dataset_are_checked_after_reading_it(tmp_path):
     """Epoch-based intervals and split names: checked with the dataset, before training."""
-    config = trainer.select_methods(_local(eval_split="validation"), ["baseline"])
+    config = select_methods(_local(eval_split="validation"), ["baseline"])
     with pytest.raises(ConfigError, match=r"eval_split = 'validation': must be a split of the"):
-        trainer.train_and_evaluate(config, str(tmp_path / "w"))
+        job.train_and_evaluate(config, str(tmp_path / "w"))
     assert _nothing_trained(tmp_path / "w")
     vision = load_config(os.path.join(CONFIG_DIR, "cifar10_resnet44.py"))
     with vision.unlocked():
         vision.epochs_per_call = 0.0  # steps_per_call decides
         vision.steps_per_call = 2
         vision.log_every_epochs = 0.25
-    assert check(vision, device_count=1) == []  # steps per epoch not known yet
-    problems = check(vision, device_count=1, num_train=45_000, eval_splits=("validation", "test"))
+    assert check.check(vision, device_count=1) == []  # steps per epoch not known yet
+    problems = check.check(
+        vision, device_count=1, num_train=45_000, eval_splits=("validation", "test")
+    )
     # 703 steps per epoch: the log interval (176 steps) and the run (140,600) are fine.
     assert _fields(problems) == ["eval_every_epochs", "checkpoint_every_epochs"]
     assert "is 703 steps (703 steps per epoch), which must be a positive multiple of" in str(
@@ -232,7 +237,9 @@ def test_values_that_need_the_dataset_are_checked_after_reading_it(tmp_path):
     with vision.unlocked():
         vision.epochs_per_call = 0.5
         vision.log_every_epochs = 1
-    problems = check(vision, device_count=1, num_train=45_000, eval_splits=("validation", "test"))
+    problems = check.check(
+        vision, device_count=1, num_train=45_000, eval_splits=("validation", "test")
+    )
     assert _fields(problems) == [
         "log_every_epochs",
         "eval_every_epochs",
@@ -272,7 +279,7 @@ def test_unknown_fields_in_a_config_or_a_method_are_refused_with_the_closest_nam
         config.methods.baseline.dataset = "cifar10"  # read from the base config only
         config.method_order = (*config.method_order, "pmmm")  # silently skipped before
         config.paired_comparisons = (("pmm", "weight_deacy"),)  # silently skipped before
-    text = "\n".join(map(str, check(config)))
+    text = "\n".join(map(str, check.check(config)))
     assert "no_such_field = 1: unknown field" in text
     assert "methods.pmm.pmm.alpha_ennd = 0.001: unknown field; did you mean pmm.alpha_end" in text
     assert "methods.dropout.model_kwargs.dropout_rat = 0.5: is not an argument of model" in text
@@ -284,11 +291,11 @@ def test_unknown_fields_in_a_config_or_a_method_are_refused_with_the_closest_nam
 
 def test_unknown_override_names_the_closest_fields():
     config = default.get_config("local")
-    line = config_check.unknown_override(config, "methods.pmm.pmm.alpha_ennd", LOCAL)
+    line = argv.unknown_override(config, "methods.pmm.pmm.alpha_ennd", LOCAL)
     assert "closest known fields: methods.pmm.pmm.alpha_end" in line
-    line = config_check.unknown_override(config, "methods.baseline.weight_decay", LOCAL)
+    line = argv.unknown_override(config, "methods.baseline.weight_decay", LOCAL)
     assert "does not set weight_decay" in line and "--methods=baseline" in line
-    assert config_check.unknown_override(config, "methods.pmm.pmm.alpha_end", LOCAL) is None
+    assert argv.unknown_override(config, "methods.pmm.pmm.alpha_end", LOCAL) is None
 
 
 # --- 4. A subset of methods: --methods ---------------------------------------------------
@@ -303,20 +310,20 @@ def test_cli_methods_flag_with_a_typo_is_refused_before_training(tmp_path):
 
 def test_select_methods_keeps_the_config_order_and_only_pairs_that_run():
     config = default.get_config("local")
-    chosen = trainer.select_methods(config, ["weight_decay_pmm", "pmm", "weight_decay"])
-    assert list(trainer.expand_methods(chosen)) == ["weight_decay", "pmm", "weight_decay_pmm"]
+    chosen = select_methods(config, ["weight_decay_pmm", "pmm", "weight_decay"])
+    assert list(expand_methods(chosen)) == ["weight_decay", "pmm", "weight_decay_pmm"]
     pairs = (("pmm", "weight_decay"), ("weight_decay_pmm", "weight_decay"))
     assert chosen.paired_comparisons == pairs
     with pytest.raises(ConfigError, match="names no method"):
-        trainer.select_methods(config, [])
+        select_methods(config, [])
     one_run = load_config(os.path.join(CONFIG_DIR, "imagenet_mobilenet.py"))
     with pytest.raises(ConfigError, match="has no methods"):
-        trainer.select_methods(one_run, ["pmm"])
+        select_methods(one_run, ["pmm"])
     paired = load_config(os.path.join(CONFIG_DIR, "cifar10_resnet44.py"))  # the paired row
-    assert list(trainer.expand_methods(trainer.select_methods(paired, ["pmm"]))) == ["pmm"]
+    assert list(expand_methods(select_methods(paired, ["pmm"]))) == ["pmm"]
     # An override of a method that does not run would do nothing: refused.
-    problems = check(
-        trainer.select_methods(config, ["baseline"]),
+    problems = check.check(
+        select_methods(config, ["baseline"]),
         overrides={"methods.pmm.pmm.alpha_end": 1e-3},
         device_count=1,
     )
@@ -331,10 +338,10 @@ def test_config_json_and_summary_record_each_methods_effective_config(tmp_path):
     config = _local(
         num_train_steps=10, log_every_steps=10, eval_every_steps=10, checkpoint_every_steps=10
     )
-    config = trainer.select_methods(config, ["baseline", "weight_decay"])
+    config = select_methods(config, ["baseline", "weight_decay"])
     with config.unlocked():
         config.weight_decay = 0.5  # reaches baseline only: weight_decay sets its own
-    trainer.train_and_evaluate(config, str(tmp_path))
+    job.train_and_evaluate(config, str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "config" not in summary and summary["base_config"]["weight_decay"] == 0.5
     for name, want in (("baseline", 0.5), ("weight_decay", default.WEIGHT_DECAY)):
@@ -379,13 +386,13 @@ def test_the_variant_list_covers_every_config_file():
 )
 def test_every_config_variant_validates(name, variant):
     config = load_config(os.path.join(CONFIG_DIR, f"{name}.py"), variant)
-    assert check(config, device_count=1) == []
+    assert check.check(config, device_count=1) == []
     if "sweep" in config:  # and every point of its grid, as experiments.sweep checks them
         grid = {f"{family}_{value:g}": p for family, value, p in grid_points(config)}
-        base = trainer.merge(config, {})
+        base = merge(config, {})
         with base.unlocked():
             del base["sweep"]
-        assert check(base, methods=grid, sweep=True, device_count=1) == []
+        assert check.check(base, methods=grid, sweep=True, device_count=1) == []
 
 
 def test_sweep_checks_every_grid_point_and_refuses_shadowed_overrides(tmp_path):
@@ -412,10 +419,10 @@ def test_sweep_checks_every_grid_point_and_refuses_shadowed_overrides(tmp_path):
 def test_bad_seeds_are_refused_by_the_config_check(seeds):
     """Was: an OverflowError traceback from create_train_state (2**40), or a ValueError
     after the check had passed and files were written (-1)."""
-    problems = check(_local(seeds=seeds))
+    problems = check.check(_local(seeds=seeds))
     assert _fields(problems) == ["seeds"]
     assert "distinct integers in [0, 2**31)" in str(problems[0])
-    assert check(_local(seeds=(0, 2**31 - 1))) == []
+    assert check.check(_local(seeds=(0, 2**31 - 1))) == []
 
 
 def test_cli_bad_seeds_write_nothing(tmp_path):

@@ -21,12 +21,14 @@ import warnings
 
 import pytest
 
-from experiments import trainer, workdir_lock
+from experiments.config.methods import select_methods
 from experiments.configs import default, sweep_mnist1d
-from experiments.metrics_log import LogRepairWarning, MetricsLog, read_jsonl
+from experiments.run import job
+from experiments.run import lock as run_lock
+from experiments.run.job import train_and_evaluate
+from experiments.run.lock import WorkdirLocked
+from experiments.run.logs import LogRepairWarning, MetricsLog, read_jsonl
 from experiments.sweep import run_sweep
-from experiments.trainer import train_and_evaluate
-from experiments.workdir_lock import WorkdirLocked
 from tests.fake_devices import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +44,7 @@ CLI_ENV = one_device_env()
 
 def _config(**overrides):
     """The smoke config, PMM alone, two seeds (per-seed curve points), one device."""
-    config = trainer.select_methods(default.get_config("local"), ["pmm"])
+    config = select_methods(default.get_config("local"), ["pmm"])
     with config.unlocked():
         config.num_devices = 1
         config.seeds = (0, 1)
@@ -68,7 +70,7 @@ def _lines(path):
 def crashed(tmp_path_factory):
     """A workdir whose run crashed in step 25 (last checkpoint: step 20)."""
     workdir = tmp_path_factory.mktemp("crashed")
-    real_get_dataset = trainer.get_dataset
+    real_get_dataset = job.get_dataset
 
     def crashing_get_dataset(name, **kwargs):
         ds = real_get_dataset(name, **kwargs)
@@ -83,7 +85,7 @@ def crashed(tmp_path_factory):
         return dataclasses.replace(ds, train_iter=train_iter)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "get_dataset", crashing_get_dataset)
+        mp.setattr(job, "get_dataset", crashing_get_dataset)
         with pytest.raises(KeyboardInterrupt):
             train_and_evaluate(_config(), str(workdir))
     # The crash released the workdir lock.
@@ -184,7 +186,7 @@ def test_an_intact_log_resumes_without_warnings(crashed, tmp_path):
 def test_a_second_run_on_a_workdir_in_use_exits_at_once_naming_the_holder(tmp_path, monkeypatch):
     """A real second process, started while this one trains in the workdir."""
     second = {}
-    real_get_dataset = trainer.get_dataset
+    real_get_dataset = job.get_dataset
 
     def get_dataset(name, **kwargs):
         ds = real_get_dataset(name, **kwargs)
@@ -207,7 +209,7 @@ def test_a_second_run_on_a_workdir_in_use_exits_at_once_naming_the_holder(tmp_pa
 
         return dataclasses.replace(ds, train_iter=train_iter)
 
-    monkeypatch.setattr(trainer, "get_dataset", get_dataset)
+    monkeypatch.setattr(job, "get_dataset", get_dataset)
     summary = train_and_evaluate(_config(), str(tmp_path))
 
     out = second["out"]
@@ -275,7 +277,7 @@ def test_the_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
 
 
 def test_a_held_workdir_stops_training_and_the_sweep_before_any_work(tmp_path):
-    with workdir_lock.workdir_lock(str(tmp_path)):
+    with run_lock.workdir_lock(str(tmp_path)):
         holder = json.loads((tmp_path / ".lock").read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
         assert holder["since"] and holder["argv"]
@@ -287,7 +289,7 @@ def test_a_held_workdir_stops_training_and_the_sweep_before_any_work(tmp_path):
                 run()
         assert os.listdir(tmp_path) == [".lock"]  # nothing was written
     assert (tmp_path / ".lock").read_text() == ""
-    with workdir_lock.workdir_lock(str(tmp_path)):  # free again
+    with run_lock.workdir_lock(str(tmp_path)):  # free again
         pass
 
 
@@ -297,7 +299,7 @@ def test_without_flock_the_lock_file_content_decides(tmp_path, monkeypatch):
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(workdir_lock.fcntl, "flock", no_flock)
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_flock)
     lock = tmp_path / ".lock"
     host = socket.gethostname()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -307,18 +309,18 @@ def test_without_flock_the_lock_file_content_decides(tmp_path, monkeypatch):
     with pytest.raises(
         WorkdirLocked, match=rf"PID {os.getppid()} on host .*does not support flock"
     ):
-        with workdir_lock.workdir_lock(str(tmp_path)):
+        with run_lock.workdir_lock(str(tmp_path)):
             pass
     lock.write_text(json.dumps({"pid": dead.pid, "host": "another-host", "since": "earlier"}))
     with pytest.raises(WorkdirLocked, match=r"another-host.*if that run is gone.*delete"):
-        with workdir_lock.workdir_lock(str(tmp_path)):
+        with run_lock.workdir_lock(str(tmp_path)):
             pass
     lock.write_text(json.dumps({"pid": dead.pid, "host": host, "since": "earlier"}))
     with pytest.warns(UserWarning, match=rf"took over the lock .*PID {dead.pid} on host"):
-        with workdir_lock.workdir_lock(str(tmp_path)):
+        with run_lock.workdir_lock(str(tmp_path)):
             assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert lock.read_text() == ""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with workdir_lock.workdir_lock(str(tmp_path)):  # an empty lock file is free
+        with run_lock.workdir_lock(str(tmp_path)):  # an empty lock file is free
             pass

@@ -78,7 +78,7 @@ def test_two_process_steps_equal_single_process(tmp_path):
 def test_two_process_trainer_equals_one_process_and_only_process_0_writes(tmp_path):
     """The trainer on two processes x 2 devices = on one process x 4 devices (same
     config, same global batches); process 1 writes none of the trainer's files."""
-    from experiments.trainer import train_and_evaluate
+    from experiments.run.job import train_and_evaluate
     from tests import multiprocess_trainer_worker as trainer_worker
 
     out = tmp_path / "out.json"

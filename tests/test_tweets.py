@@ -12,12 +12,13 @@ import os
 import numpy as np
 import pytest
 
-from experiments.configs import load_config, tweets_minilm
+from experiments.config.files import load_config
+from experiments.configs import tweets_minilm
 from experiments.data import tweets
 from experiments.data.base import DatasetNotPreparedError
 from experiments.data.registry import dataset_info
+from experiments.run.job import train_and_evaluate
 from experiments.sweep import grid_points, run_sweep
-from experiments.trainer import train_and_evaluate
 from tests.bert_helpers import fake_hf_state_dict, tiny_config, tiny_tokenizer, write_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,8 +239,10 @@ def test_local_variant_fine_tunes_a_checkpoint_on_a_fake_csv(fake_csv, tmp_path,
 def test_trainer_starts_from_the_checkpoint(fake_csv, tmp_path):
     import jax
 
-    from experiments import models, trainer
+    from experiments import models
+    from experiments.config.plan import Plan
     from experiments.data.registry import get_dataset
+    from experiments.run.build import build
     from pmm_jax import training
 
     cfg = tiny_config()
@@ -251,9 +254,9 @@ def test_trainer_starts_from_the_checkpoint(fake_csv, tmp_path):
         config.dataset_kwargs.csv_path = fake_csv
     config = models.resolve_pretrained(config)
     dataset = get_dataset(config.dataset, **config.dataset_kwargs)
-    plan = trainer.Plan(total=2, steps_per_epoch=3, every={})
-    trainee = trainer.build(config, dataset, training.make_mesh(), plan)
-    params = jax.tree.map(np.asarray, trainee.state.params)
+    plan = Plan(total=2, steps_per_epoch=3, every={})
+    trainee = build(config, dataset, training.make_mesh(), plan)
+    params = jax.tree.map(np.asarray, trainee.initial_state().params)
     want = state["bert.embeddings.word_embeddings.weight"]
     for seed in range(len(config.seeds)):
         got = params["encoder"]["embeddings"]["word_embeddings"]["embedding"][seed]

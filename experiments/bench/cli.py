@@ -66,7 +66,7 @@ EPILOG = """modes (the first argument; MODE --help for its flags):
                         images/s, minutes for 200 epochs; per runs mode and dtype"""
 
 
-def _set_threads(threads: int) -> dict:
+def set_threads(threads: int) -> dict:
     """Sets JAX's CPU thread pool size; must run before JAX starts its backend."""
     info = {"requested": threads}
     if "jax" in sys.modules:  # e.g. under pytest: too late, say so
@@ -196,7 +196,7 @@ def main(argv=None):
         help="class counts for the penalty-vs-k table, e.g. 10,1000",
     )
     args = parser.parse_args(argv)
-    threads = _set_threads(args.threads)
+    threads = set_threads(args.threads)
     if not args.no_peer and "torch" not in sys.modules:
         # PyTorch's OpenMP threads otherwise spin-wait between parallel regions;
         # on a machine shared with other jobs that makes its steps several times

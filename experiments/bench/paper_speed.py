@@ -9,9 +9,9 @@ What is timed is what the trainer runs for ``experiments/configs/cifar10_resnet4
 schedule, on-device crop + flip + normalization, PMM with the authors' arithmetic
 ``penalty_reduction="official"`` and the per-epoch alpha ramp; the baseline is the
 same config with ``pmm.alpha_schedule="none"``): each method's ``Trainee`` from
-``experiments.trainer.build`` (given a stand-in CIFAR-10 ``Dataset``: same shapes,
+``experiments.run.build.build`` (given a stand-in CIFAR-10 ``Dataset``: same shapes,
 classes, training-set size and preprocess, no records), their one-run steps
-combined by ``experiments.runs.program`` in one of its modes (``vmap``,
+combined by ``experiments.run.forms.program`` in one of its modes (``vmap``,
 ``unroll``, ``sequential``; ``experiments/runs.py``), fed blocks ``{"x":
 uint8[steps, seeds, 64, 32, 32, 3], "y": int32[steps, seeds, 64]}`` of random
 data made on the device once (no host copy in the timed loop).
@@ -81,7 +81,7 @@ BATCH = 64
 EPOCHS = 200
 CIFAR_TRAIN = 45_000
 STEPS_PER_EPOCH = CIFAR_TRAIN // BATCH  # 703
-MODES = (  # experiments.runs.CANDIDATES
+MODES = (  # experiments.config.fields.CANDIDATES
     "vmap",
     "unroll",
     "sequential",
@@ -189,7 +189,8 @@ def method_configs(*, dtype: str, seeds: int, tiny: bool) -> dict:
 
 def build_methods(runs: int, dtype: str, *, tiny: bool, mesh):
     """``(step_fns, states, methods)`` of a row: the trainer's ``Trainee`` per method."""
-    from experiments import trainer
+    from experiments.config.plan import plan_of
+    from experiments.run.build import build
 
     methods, seeds = layout(runs)
     configs = method_configs(dtype=dtype, seeds=seeds, tiny=tiny)
@@ -197,8 +198,8 @@ def build_methods(runs: int, dtype: str, *, tiny: bool, mesh):
     trainees = []
     for name in methods:
         config = configs[name]
-        trainees.append(trainer.build(config, dataset, mesh, trainer.plan_of(config, dataset)))
-    return [t.train_step for t in trainees], tuple(t.state for t in trainees), methods
+        trainees.append(build(config, dataset, mesh, plan_of(config, dataset.num_train)))
+    return [t.train_step for t in trainees], tuple(t.initial_state() for t in trainees), methods
 
 
 _BUILT: dict = {}  # (runs, dtype, tiny) -> build_methods' result, shared by the modes
@@ -206,12 +207,12 @@ _BUILT: dict = {}  # (runs, dtype, tiny) -> build_methods' result, shared by the
 
 def build_row(runs: int, mode: str, dtype: str, *, tiny: bool, mesh):
     """``(program, states, methods)`` of a row: the methods' one-run steps combined by
-    ``experiments.runs.program``; the states are fresh copies of the initial ones
+    ``experiments.run.forms.program``; the states are fresh copies of the initial ones
     (built once per runs and dtype: the modes of a row start from the same state)."""
     import jax
     import jax.numpy as jnp
 
-    from experiments import runs as runs_lib
+    from experiments.run import forms as runs_lib
 
     key = (runs, dtype, tiny, id(mesh))
     if key not in _BUILT:
@@ -228,7 +229,7 @@ def build_row(runs: int, mode: str, dtype: str, *, tiny: bool, mesh):
 def _noscan_program(step_fns, mesh):
     """The reference row's program: one jitted (seed-vmapped) step per method, called
     from a Python loop once per step of the block -- no ``lax.scan`` (not a mode of
-    ``experiments.runs``). Takes the block as a list of per-step batches."""
+    ``experiments.run.forms``). Takes the block as a list of per-step batches."""
     import jax
 
     from pmm_jax import training
@@ -253,7 +254,7 @@ def synthetic_block(steps: int, seeds: int, mesh, seed: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from experiments import runs as runs_lib
+    from experiments.run import forms as runs_lib
     from pmm_jax import training
 
     sharding = training.batch_sharding(mesh, batch_axis=runs_lib.TRAIN_BATCH_AXIS)
@@ -680,9 +681,9 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    from experiments.bench.cli import _set_threads
+    from experiments.bench.cli import set_threads
 
-    threads = _set_threads(args.threads or os.cpu_count())
+    threads = set_threads(args.threads or os.cpu_count())
 
     import jax
 

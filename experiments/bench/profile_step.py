@@ -54,7 +54,7 @@ def main(argv=None):
     batch = {"x": x, "y": jnp.asarray(rng.integers(0, w.num_classes, w.batch), jnp.int32)}
     state = training.create_train_state(w.model(), optax.sgd(steps.LR, momentum=steps.MOMENTUM), x)
     step = training.make_train_step(alpha=args.alpha, margin_metrics=False)
-    compiled, _, temp_mb = steps._compile(step, state, batch)
+    compiled, _, temp_mb = steps.compile_step(step, state, batch)
     hlo = compiled.as_text()
     for _ in range(2):
         state, metrics = compiled(state, batch)

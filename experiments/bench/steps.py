@@ -211,7 +211,7 @@ def _copy_state(state):
     return jax.tree.map(jnp.copy, state)
 
 
-def _compile(step, state, batch):
+def compile_step(step, state, batch):
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
     seconds = time.perf_counter() - t0
@@ -299,7 +299,7 @@ def bench_workload(
     fns, compile_s, temp_mb, rss_mb = {}, {}, {}, {}
     for name, step in variants.items():
         state = _copy_state(state0)
-        compiled, compile_s[name], temp_mb[name] = _compile(step, state, batch)
+        compiled, compile_s[name], temp_mb[name] = compile_step(step, state, batch)
         fns[name] = _Runner(compiled, state, batch)
         # Two calls (the warm-up), with the peak RSS of this variant alone.
         reset_peak_rss()

@@ -28,6 +28,7 @@ what it changes in a short run.
 
 import ml_collections
 
+from experiments.config.fields import base_config
 from experiments.configs import common
 
 CIFAR_TRAIN = 45_000  # 50k training images minus the last 5k (validation)
@@ -40,7 +41,7 @@ def vision_config(
     model: str,
     model_kwargs: dict,
 ) -> ml_collections.ConfigDict:
-    c = common.base_config()
+    c = base_config()
     c.name = name
     c.dataset = dataset
     c.dataset_kwargs = ml_collections.ConfigDict(

@@ -13,7 +13,8 @@ README "Choosing alpha".
 
 import ml_collections
 
-from experiments.configs.common import PAPER_SCHEDULE, apply_variant, base_config, ramp
+from experiments.config.fields import base_config
+from experiments.configs.common import PAPER_SCHEDULE, apply_variant, ramp
 
 # Chosen by `python -m experiments.sweep` (best mean validation accuracy over 3
 # seeds, validation = the last 500 training examples; run of 2026-11-29, see

@@ -27,7 +27,8 @@ and a BERT checkpoint directory on disk (no hub access):
 
 import ml_collections
 
-from experiments.configs.common import apply_variant, base_config
+from experiments.config.fields import base_config
+from experiments.configs.common import apply_variant
 from experiments.data.glue import GLUE_TASKS
 
 TASKS = tuple(GLUE_TASKS)  # mnli, qnli, rte, qqp, mrpc, sst2: the paper's Table II

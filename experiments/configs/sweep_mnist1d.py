@@ -9,7 +9,8 @@ Selection is on a validation split: the last 500 of the 4000 training examples
 
 import ml_collections
 
-from experiments.configs.common import apply_variant, base_config
+from experiments.config.fields import base_config
+from experiments.configs.common import apply_variant
 from experiments.configs.default import WEIGHT_DECAY
 
 

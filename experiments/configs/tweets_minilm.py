@@ -47,7 +47,8 @@ import os
 
 import ml_collections
 
-from experiments.configs.common import apply_variant, base_config
+from experiments.config.fields import base_config
+from experiments.configs.common import apply_variant
 
 # Chosen by the `sweep` variant (2026-11-29): the best mean accuracy on the first
 # 1,000 validation tweets over seeds 10 and 11 (penalty_reduction="mean"; ties go

@@ -111,6 +111,12 @@ class DeviceData:
             self._tables = self.load()
         return self._tables
 
+    def on_mesh(self, mesh, place: Callable[[dict, Any], dict]) -> dict[str, Batch]:
+        """The tables placed on ``mesh`` by ``place(tables, mesh)`` (once per mesh)."""
+        if mesh not in self._placed:
+            self._placed[mesh] = place(self.tables(), mesh)
+        return self._placed[mesh]
+
 
 # ``on_device="auto"`` holds a dataset on the device when its tables take at most
 # this much of each device's memory.

@@ -191,9 +191,7 @@ def _jitted_eval_batch(mesh: Mesh, start, n, global_batch_size):
 
 def _placed(data: DeviceData, mesh: Mesh) -> dict[str, Batch]:
     """``data``'s tables replicated on ``mesh`` (placed on the first call per mesh)."""
-    if mesh not in data._placed:
-        data._placed[mesh] = training.replicate_on_mesh(data.tables(), mesh)
-    return data._placed[mesh]
+    return data.on_mesh(mesh, training.replicate_on_mesh)
 
 
 def _stack(batches):

@@ -36,7 +36,6 @@ from tokenizers import Tokenizer
 from experiments.data.base import Batch, Dataset, DatasetNotPreparedError
 from experiments.data.hosts import host_batches
 from experiments.data.text import TEXT_KEYS, configure, encode_pairs
-from experiments.evaluators import binary_f1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,33 +242,6 @@ def _metric_names(task: str) -> tuple[str, ...]:
     """The task's evaluators (``experiments/evaluators.py``): accuracy, and F1 where the
     paper reports it."""
     return ("accuracy", "f1") if _task(task).paper_metric == "f1" else ("accuracy",)
-
-
-def glue_metrics(
-    task: str,
-    predictions: np.ndarray,
-    labels: np.ndarray,
-    mask: np.ndarray | None = None,
-) -> dict[str, float]:
-    """GLUE metrics of a whole evaluation split.
-
-    Args:
-      task: the GLUE task (decides whether F1 is reported).
-      predictions: ``int[N]`` predicted classes (``argmax`` of the logits).
-      labels: ``int[N]`` true classes.
-      mask: ``bool[N]``, False on padding rows; ``None``: all rows count.
-
-    Returns:
-      ``{"accuracy": ...}``, plus ``"f1"`` (binary, positive class 1) for QQP and
-      MRPC, the paper's metric there.
-    """
-    predictions, labels = np.asarray(predictions).ravel(), np.asarray(labels).ravel()
-    keep = np.ones(labels.shape, bool) if mask is None else np.asarray(mask, bool).ravel()
-    predictions, labels = predictions[keep], labels[keep]
-    out = {"accuracy": float(np.mean(predictions == labels)) if labels.size else float("nan")}
-    if "f1" in _metric_names(task):
-        out["f1"] = binary_f1(predictions, labels)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -77,10 +77,7 @@ from experiments.data.hosts import host_batch_size, host_batches
 
 IMAGE_DATASETS = ("cifar10", "cifar100", "imagenet2012")
 
-# The paper's Cutout sizes (DeVries and Taylor): pass as ``cutout_size``.
-CUTOUT_SIZE = {"cifar10": 16, "cifar100": 8}
-
-_CIFAR = {
+CIFAR = {
     "cifar10": (10, augment.CIFAR10_MEAN, augment.CIFAR10_STD),
     "cifar100": (100, augment.CIFAR100_MEAN, augment.CIFAR100_STD),
 }
@@ -309,7 +306,7 @@ def cifar(
         form ``"validation"`` and are left out of training (5000 in the paper); 0
         trains on all of ``train`` and offers no ``"validation"``.
       crop_flip: training augmentation: pad 4, random 32x32 crop, horizontal flip.
-      cutout_size: Cutout square side for training (``CUTOUT_SIZE[name]``: 16 for
+      cutout_size: Cutout square side for training (DeVries and Taylor's: 16 for
         CIFAR-10, 8 for CIFAR-100, in the AutoAugment rows); 0 = none.
       autoaugment: apply AutoAugment's CIFAR-10 policy in training.
       num_threads: grain reader threads per process.
@@ -329,9 +326,9 @@ def cifar(
       DatasetNotPreparedError: if the dataset is not prepared (at once).
       ValueError: for an unknown name or a bad ``validation_size``.
     """
-    if name not in _CIFAR:
-        raise ValueError(f"cifar() takes {sorted(_CIFAR)}, got {name!r}.")
-    num_classes, mean, std = _CIFAR[name]
+    if name not in CIFAR:
+        raise ValueError(f"cifar() takes {sorted(CIFAR)}, got {name!r}.")
+    num_classes, mean, std = CIFAR[name]
     train_source = open_source(name, "train", data_dir=data_dir)
     test_source = open_source(name, "test", data_dir=data_dir)
     n_all = len(train_source)
@@ -625,7 +622,7 @@ def get_dataset(name: str, **kwargs) -> Dataset:
     ``cifar10`` / ``cifar100`` take ``cifar``'s options, ``imagenet2012``
     ``imagenet``'s.
     """
-    if name in _CIFAR:
+    if name in CIFAR:
         return cifar(name, **kwargs)
     if name == "imagenet2012":
         return imagenet(**kwargs)

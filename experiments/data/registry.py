@@ -74,7 +74,7 @@ def dataset_info(name: str, **kwargs) -> tuple[int, dict]:
     if name in ("cifar10", "cifar100"):
         from experiments.data import images
 
-        return images._CIFAR[name][0], {"x": ((32, 32, 3), "uint8")}
+        return images.CIFAR[name][0], {"x": ((32, 32, 3), "uint8")}
     if name == "imagenet2012":
         from experiments.data import images
 

@@ -31,6 +31,7 @@ dispatch to it by model name (BERT: ``experiments.models.bert_import``).
 from __future__ import annotations
 
 import importlib
+import inspect
 
 # name -> (module, class)
 _REGISTRY = {
@@ -53,6 +54,17 @@ def get_model(name: str, **kwargs):
         raise ValueError(f"Unknown model {name!r}; known: {sorted(_REGISTRY)}.")
     module, cls = _REGISTRY[name]
     return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+def model_arguments(name: str) -> set[str] | None:
+    """The keyword arguments model ``name`` takes (None: it takes any, or no such model)."""
+    if name not in _REGISTRY:
+        return None
+    module, cls = _REGISTRY[name]
+    params = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params) - {"num_classes", "parent", "name"}
 
 
 def _pretrained_module(name: str):

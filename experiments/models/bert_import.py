@@ -16,7 +16,7 @@ the model has no place for is an error.
 
 Example::
 
-  model, params, report = load_hf_bert("/ckpt/bert-base-uncased", num_classes=2)
+  params, report = load_hf_params(read_hf_checkpoint("/ckpt/bert-base-uncased"), params)
   print(report)
 
 The trainer loads checkpoints through this family's :func:`load` and
@@ -274,42 +274,6 @@ def _copy_dicts(tree):
     if isinstance(tree, Mapping):
         return {k: _copy_dicts(v) for k, v in tree.items()}
     return tree
-
-
-def load_hf_bert(
-    path: str | os.PathLike,
-    num_classes: int,
-    *,
-    seed: int = 0,
-    dtype: Any = jnp.float32,
-    load_head: bool = True,
-) -> tuple[BertClassifier, dict[str, Any], ImportReport]:
-    """Builds a ``BertClassifier`` from a checkpoint directory on disk.
-
-    Args:
-      path: directory with ``config.json`` and the weights (see module docstring).
-      num_classes: number of classes of the (new) head.
-      seed: seed of the fresh initialization of the head (and pooler, if absent).
-      dtype: compute dtype of the model; params are float32.
-      load_head: see ``load_hf_params``.
-
-    Returns:
-      ``(model, params, report)``.
-
-    Raises:
-      CheckpointMismatchError: see ``load_hf_params``.
-    """
-    config = BertConfig.from_hf_config(path)
-    model = BertClassifier(config, num_classes, dtype=dtype)
-    dummy = {k: jnp.zeros((1, 2), jnp.int32) for k in ("input_ids", "token_type_ids")}
-    dummy["attention_mask"] = jnp.ones((1, 2), jnp.int32)
-    params = jax.jit(lambda rng: model.init(rng, dummy, train=False)["params"])(
-        jax.random.key(seed)
-    )
-    params, report = load_hf_params(
-        read_hf_checkpoint(path), params, config=config, load_head=load_head
-    )
-    return model, params, report
 
 
 # The family's pretrained-weights interface (``experiments.models.load_pretrained`` and

@@ -421,12 +421,6 @@ class Checkpointer:
 # -- integrity records ---------------------------------------------------------
 
 
-def integrity_record(items) -> dict:
-    """``{"version", "algorithm", "leaves": {path: {"shape", "dtype", "sha256"}}}``
-    for a pytree of arrays (the bytes hashed are the C-order host copy)."""
-    return _scan(items)[0]
-
-
 def _scan(items) -> tuple[dict, list[str]]:
     """The integrity record of ``items`` and its arrays holding NaN/Inf."""
     leaves, nonfinite = {}, []

@@ -1,13 +1,14 @@
-"""Summaries of a multi-method, multi-seed run: table, paired test, plots, summary.json."""
+"""Summaries of a multi-method, multi-seed job: table, paired tests, plots, summary.json."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 
 import numpy as np
+
+from experiments.run import workdir as wd
 
 BASELINE = "baseline"
 
@@ -127,8 +128,8 @@ def format_comparisons(comparisons: dict[str, dict]) -> str:
 DEFAULT_PAIRS = (("pmm", "weight_decay"), ("pmm", "dropout"))
 
 
-def summarize(config, dataset_name: str, results: dict) -> dict:
-    """The summary of a run (what ``summary.json`` holds, without the plots).
+def summary_of(config, dataset_name: str, results: dict) -> dict:
+    """The summary of a job (what ``summary.json`` holds, without the plots).
 
     ``summary.json`` holds ``base_config`` (``config`` as given, before each method's
     overrides) and, per method, ``extra["config"]``: the config that method trained with.
@@ -168,16 +169,24 @@ def summarize(config, dataset_name: str, results: dict) -> dict:
     }
 
 
+def summarize(config, dataset_name: str, results: dict, workdir: str) -> dict:
+    """The job's summary; process 0 also prints it and writes it with the plots."""
+    import jax
+
+    if jax.process_index() == 0:
+        return write_summary(config, dataset_name, results, workdir)
+    return summary_of(config, dataset_name, results)
+
+
 def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dict:
     """Prints the table and paired comparisons; writes summary.json and the plots.
 
-    See :func:`summarize` for what the summary holds; ``summary["plots"]`` lists the
+    See :func:`summary_of` for what the summary holds; ``summary["plots"]`` lists the
     plot files.
     """
-    summary = summarize(config, dataset_name, results)
+    summary = summary_of(config, dataset_name, results)
     methods, paired = summary["methods"], summary["paired"]
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    wd.write_json(os.path.join(workdir, wd.SUMMARY_JSON), summary)
     table = format_table(methods)
     if nonfinite := format_nonfinite(methods):
         table += "\n\n" + nonfinite
@@ -185,8 +194,7 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
     text = table + ("\n\n" + format_comparisons(vs_base) if vs_base else "")
     if paired:
         text += "\n" + format_comparisons(paired)
-    with open(os.path.join(workdir, "summary.txt"), "w") as f:
-        f.write(text + "\n")
+    wd.write_text(os.path.join(workdir, wd.SUMMARY_TXT), text + "\n")
     print("\n" + text, flush=True)
     plots = make_plots(
         methods,
@@ -195,8 +203,7 @@ def write_summary(config, dataset_name: str, results: dict, workdir: str) -> dic
         tsne_points=int(config.get("tsne_points", 2000)),
     )
     summary["plots"] = plots
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    wd.write_json(os.path.join(workdir, wd.SUMMARY_JSON), summary)
     return summary
 
 
@@ -240,7 +247,7 @@ def make_plots(
 
     examples = {}
     for name in methods:
-        path = os.path.join(workdir, name, "test_examples.npz")
+        path = wd.method_dir(workdir, name).examples
         if os.path.exists(path):
             examples[name] = dict(np.load(path))
     pmm_names = [n for n in ("pmm", "pmm_hinge") if n in examples]

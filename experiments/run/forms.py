@@ -1,20 +1,20 @@
-"""Runs in one program: the seeds x methods of a config trained together.
+"""Runs in one program: the seeds x methods of a group trained together.
 
-A *run* is one (method, seed). The trainer (``experiments/trainer.py``) groups
+A *run* is one (method, seed). The loop (``experiments/run/loop.py``) groups
 the methods of a config that share a training loop -- the same data stream, the
-same length, and the same log, evaluation and checkpoint steps (the fields of
-:data:`LOOP_FIELDS` equal) -- and trains every run of a group in one jitted
-program per call, on one stream of training blocks ``[steps, seeds, batch,
-...]``. So the baseline and PMM twins of a seed see the same batches in the same
-order: the comparison is paired by construction. Each method keeps its own
-model, optimizer, alpha schedule and loss (its own step function); only the loop
-and the data are shared. Results are reported per method, per seed, as before.
+same length, and the same log, evaluation and checkpoint steps (the
+``loop`` fields of ``experiments.config.fields`` equal) -- and trains every run
+of a group in one jitted program per call, on one stream of training blocks
+``[steps, seeds, batch, ...]``. So the baseline and PMM twins of a seed see the
+same batches in the same order: the comparison is paired by construction. Each
+method keeps its own model, optimizer, alpha schedule and loss (its own step
+function); only the loop and the data are shared. Results are reported per
+method, per seed, as before.
 
 How the runs share the program (``config.runs_mode``):
 
 ``"per_method"``
-  no grouping: each method trains alone, its seeds ``jax.vmap``-ed (the MNIST-1D
-  job's default: its published numbers were produced this way).
+  no grouping: each method trains alone, its seeds ``jax.vmap``-ed.
 ``"vmap"``
   each method's seeds ``jax.vmap``-ed, the methods side by side in one
   ``lax.scan``-ned program.
@@ -26,28 +26,23 @@ How the runs share the program (``config.runs_mode``):
   into the stacked state, updated in place), one after another on the same block.
 ``"vmap_loop"``, ``"unroll_loop"``, ``"sequential_loop"``
   the same forms with one program per step, dispatched ``steps_per_call`` times
-  from Python, instead of a ``lax.scan`` over the block. Measured on this CPU
-  (``docs/results/cpu-2core-2026-11-30/paper_speed.json``): XLA:CPU lays the
-  ResNet-44 backward convolutions out differently inside a scan (85 of 128) and
-  the scanned step took 22-31x as long as the same step jitted alone.
+  from Python, instead of a ``lax.scan`` over the block (XLA:CPU lays 2-D
+  convolutions out differently inside a scan; ``docs/gpu.md`` has the figures).
 ``"auto"``
-  the fastest of those six, measured on the first block (:func:`measure`),
-  printed, recorded in ``runs_mode.json`` in the workdir and in each method's
-  ``result.json`` (``extra["runs"]``), and reused when the run resumes, so that
-  a resumed run computes exactly what an uninterrupted one does.
+  a form fixed by :func:`auto_form` from the backend and the model (the same on
+  every run of the same command: no timing decides it).
+``"measure"``
+  the fastest of the six, timed on the first block (:func:`measure`; opt-in:
+  on a loaded machine two fresh runs may choose differently).
 
-Why measure: what is fastest depends on the backend and the model. On the 2-core
-CPU (ResNet-44, batch 64, ``python -m experiments.bench paper-speed``) any scanned
-form took 29-41 s a step and the ``_loop`` forms 0.8 s; of the two runs of a pair,
-``sequential_loop`` cost 0.95x two separate runs, ``vmap_loop`` 1.10x (XLA:CPU's
-batched convolutions), while the MNIST-1D CNN vmaps and scans well. On a GPU
-whose step is bound by kernel launches (the CIFAR ResNets at batch 64), one
-program doing R runs' work per launch is the point.
-
-The programs are numerically the same training (each run's step is the same
+The forms are numerically the same training (each run's step is the same
 function of its state and batch) but not bitwise: XLA fuses and orders the
 floating-point work of each form differently. A run is reproducible bit for bit
-given its mode, which is why ``"auto"`` keeps its choice across resumes.
+given its form, so ``"auto"`` and ``"measure"`` record their choice in
+``runs_mode.json`` and keep it when the run resumes; each method's log records
+the form of every stretch of steps (``meta.json``'s ``forms``, in
+``result.json`` as ``extra["runs"]["forms"]``), and resuming in another form
+says so with a :class:`FormChangedWarning`.
 """
 
 from __future__ import annotations
@@ -65,66 +60,40 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from experiments.config.fields import CANDIDATES, LOOP
+from experiments.run.workdir import RUNS_RECORD, write_json
 from pmm_jax import training
-
-FORMS = ("vmap", "unroll", "sequential")
-LOOP = "_loop"  # a form's suffix: one program per step instead of a scan over the block
-CANDIDATES = (*FORMS, *(form + LOOP for form in FORMS))  # what "auto" chooses from
-RUNS_MODES = ("per_method", "auto", *CANDIDATES)
-
-# Methods share a program only if these fields are equal: the data stream, the
-# length, and the steps at which the loop logs, evaluates and checkpoints.
-LOOP_FIELDS = (
-    "dataset",
-    "dataset_kwargs",
-    "seeds",
-    "batch_size",
-    "num_train_steps",
-    "num_epochs",
-    "steps_per_call",
-    "epochs_per_call",
-    "log_every_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "log_every_epochs",
-    "eval_every_epochs",
-    "checkpoint_every_epochs",
-    "eval_split",
-    "final_split",
-    "eval_batch_size",
-    "save_best",
-    "keep_checkpoints",
-    "num_devices",
-    "runs_mode",
-)
 
 # Training blocks are [steps_per_call, seeds, batch, ...]: sharded on axis 2.
 TRAIN_BATCH_AXIS = 2
-RECORD = "runs_mode.json"
 
 # A program: (states, block) -> (states, metrics), one state and one metrics
 # dict ([steps, seeds] leaves) per method of the group.
 Program = Callable[[tuple, dict], tuple[tuple, tuple]]
 
-
-def group_methods(configs: Mapping[str, Mapping]) -> list[list[str]]:
-    """The methods of ``configs`` (``{name: config}``, in run order) in groups that
-    share a program: equal :data:`LOOP_FIELDS`, ``runs_mode`` not ``"per_method"``.
-    The groups keep the order of their first method; a method alone is a group."""
-    groups: dict[str, list[str]] = {}
-    for name, config in configs.items():
-        mode = config.get("runs_mode", "per_method")
-        if mode == "per_method":
-            key = "\0" + name
-        else:
-            loop = {f: _plain(config.get(f)) for f in LOOP_FIELDS}
-            key = json.dumps(loop, sort_keys=True, default=str)
-        groups.setdefault(key, []).append(name)
-    return list(groups.values())
+# The models whose steps XLA:CPU runs well vmapped and scanned (1-D convolutions and
+# dense layers; the 2-D convnets did not: docs/gpu.md, paper_speed).
+SCAN_FRIENDLY_ON_CPU = ("cnn1d", "mlp")
 
 
-def _plain(value):
-    return value.to_dict() if hasattr(value, "to_dict") else value
+class FormChangedWarning(UserWarning):
+    """A method resumed in another program form than the one that trained its steps so
+    far: the float rounding differs from an uninterrupted run from there on."""
+
+
+def auto_form(backend: str, model: str) -> str:
+    """The form ``runs_mode="auto"`` trains a group in: fixed by the backend and the
+    model, so that two runs of one command train alike.
+
+    On the CPU, 2-D convnets train one program per step and per run
+    (``"sequential_loop"``: XLA:CPU runs their scanned and their batched
+    convolutions slower, as measured in ``docs/gpu.md``), the 1-D CNN and the MLP
+    vmapped and scanned (``"vmap"``); on accelerators every form is ``"vmap"`` (one
+    program doing the R runs' work per launch). ``"measure"`` times them instead.
+    """
+    if backend == "cpu" and model not in SCAN_FRIENDLY_ON_CPU:
+        return "sequential" + LOOP
+    return "vmap"
 
 
 def program(step_fns: Sequence[Callable], num_seeds: int, mode: str, mesh: Mesh) -> Program:
@@ -340,19 +309,13 @@ def read_choice(workdir: str, group: str, hashes: Mapping[str, str]) -> dict | N
 def write_choice(workdir: str, group: str, hashes: Mapping[str, str], choice: dict) -> None:
     """Records ``choice`` for ``group`` in ``workdir/runs_mode.json`` (atomically;
     process 0 only)."""
-    if jax.process_index() != 0:
-        return
     records = _read(workdir)
     records[group] = {**choice, "config_hashes": dict(hashes)}
-    path = os.path.join(workdir, RECORD)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(records, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(os.path.join(workdir, RUNS_RECORD), records, sort_keys=True)
 
 
 def _read(workdir: str) -> dict:
-    path = os.path.join(workdir, RECORD)
+    path = os.path.join(workdir, RUNS_RECORD)
     if not os.path.exists(path):
         return {}  # none yet
     try:
@@ -362,10 +325,61 @@ def _read(workdir: str) -> dict:
         records = None
     if not isinstance(records, dict):
         warnings.warn(
-            f"{path} is unreadable (torn or not a JSON object): the runs' form is measured "
+            f"{path} is unreadable (torn or not a JSON object): the runs' form is chosen "
             "again, and a resumed run may then differ from an uninterrupted one in float "
             "rounding (it is the same training).",
             stacklevel=2,
         )
         return {}
     return records
+
+
+def choose(
+    mode: str,
+    *,
+    group: str,
+    hashes: Mapping[str, str],
+    record_dir: str,
+    backend: str,
+    model: str,
+    measure_args: Callable[[], tuple] | None,
+) -> dict:
+    """The form a group trains in, and how it was chosen.
+
+    An explicit form is taken as it is. ``"auto"`` and ``"measure"`` first look for
+    the choice recorded for this group (methods with these config hashes) in
+    ``record_dir/runs_mode.json``, so that a resumed run trains in the form of the
+    uninterrupted one; without one, ``"auto"`` takes :func:`auto_form` and
+    ``"measure"`` times the candidates (:func:`measure`) on the first block, and the
+    choice is recorded. With several processes all take process 0's choice.
+
+    Args:
+      mode: the config's ``runs_mode`` (not ``"per_method"``).
+      group: the group's name (its methods joined by ``+``).
+      hashes: ``{method: config hash}``.
+      record_dir: where ``runs_mode.json`` is.
+      backend, model: for :func:`auto_form`.
+      measure_args: ``() -> (step_fns, num_seeds, mesh, states, block, candidates)``
+        for ``"measure"``; None when nothing is left to train (nothing is measured).
+
+    Returns:
+      ``{"mode": form, "how": "given" | "rule" | "measured" | "recorded", ...}``,
+      with the timings when measured.
+    """
+    if mode not in ("auto", "measure"):
+        return {"mode": mode, "how": "given"}
+    recorded = agree(read_choice(record_dir, group, hashes))
+    if recorded is not None:
+        return {**recorded, "how": "recorded"}
+    if mode == "auto":
+        choice = {"mode": auto_form(backend, model), "how": "rule", "backend": backend}
+    elif measure_args is None:
+        return {"mode": "vmap", "how": "not measured: nothing left to train"}
+    else:
+        steps, num_seeds, mesh, states, block, candidates = measure_args()
+        choice = measure(steps, num_seeds, mesh, states, block, candidates=candidates)
+        choice["how"] = "measured"
+    choice["device"] = str(jax.devices()[0].device_kind)
+    choice = agree(choice)  # every process takes process 0's choice
+    write_choice(record_dir, group, hashes, choice)
+    return choice

@@ -29,6 +29,8 @@ import warnings
 
 import jax
 
+from experiments.run.workdir import META, METRICS, TENSORBOARD, write_json, write_text
+
 
 class LogRepairWarning(UserWarning):
     """A damaged metric log (torn or garbage lines, lost ``meta.json``) was repaired."""
@@ -102,6 +104,15 @@ def meta_from_records(records: list[dict]) -> dict:
     walls = [r["wall_time_s"] for r in records if isinstance(r.get("wall_time_s"), (int, float))]
     if walls:
         meta["wall_time_s"] = float(walls[-1])
+    forms = []
+    for record in records:  # each training line names its form and since when
+        form = record.get("form")
+        if isinstance(form, dict) and isinstance(form.get("mode"), str):
+            entry = {"mode": form["mode"], "from_step": int(form.get("from_step", 0))}
+            if not forms or forms[-1] != entry:
+                forms.append(entry)
+    if forms:
+        meta["forms"] = forms
     return meta
 
 
@@ -142,8 +153,8 @@ class MetricsLog:
     def __init__(self, workdir: str, start_step: int = 0):
         self.workdir = workdir
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.meta_path = os.path.join(workdir, "meta.json")
+        self.path = os.path.join(workdir, METRICS)
+        self.meta_path = os.path.join(workdir, META)
         self.meta: dict = {}
         self._tb = None
         if not self.enabled:
@@ -152,20 +163,24 @@ class MetricsLog:
         if start_step > 0:
             records = self._read_records(start_step)
             self.meta = self._read_meta(records)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
         if start_step == 0:
             self.set_meta()  # no curves or times of an earlier run
         curves = self.meta.get("curves", {})
         if curves.get("step"):
             keep = sum(s <= start_step for s in curves["step"])
             self.meta["curves"] = {k: v[:keep] for k, v in curves.items()}
+        forms = self.meta.get("forms")
+        if isinstance(forms, list):  # the forms that trained the steps kept
+            self.meta["forms"] = [
+                f for f in forms if isinstance(f, dict) and f.get("from_step", 0) < start_step
+            ]
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step or None)
+            self._tb = SummaryWriter(
+                os.path.join(workdir, TENSORBOARD), purge_step=start_step or None
+            )
         except ImportError:  # JSONL alone is an equivalent log
             self._tb = None
 
@@ -233,6 +248,7 @@ class MetricsLog:
         *,
         curve_point: dict[str, list] | None = None,
         wall_time_s: float | None = None,
+        form: dict | None = None,
     ) -> None:
         """Logs ``scalars`` at ``step``.
 
@@ -243,10 +259,14 @@ class MetricsLog:
             point of the curves: appended to ``meta["curves"]`` and kept in the
             JSONL line (as ``"curve"``) so that the curves can be rebuilt.
           wall_time_s: the run's wall time so far, kept in the JSONL line.
+          form: ``{"mode", "from_step"}``, the program form training these steps
+            (:meth:`begin_form`), kept in the JSONL line to rebuild ``meta["forms"]``.
         """
         record = {"step": step, **scalars}
         if wall_time_s is not None:
             record["wall_time_s"] = wall_time_s
+        if form is not None:
+            record["form"] = form
         if curve_point is not None:
             record["curve"] = curve_point
             curves = self.curves()
@@ -272,15 +292,32 @@ class MetricsLog:
         finally:
             os.close(fd)
 
+    def forms(self) -> list[dict]:
+        """``[{"mode", "from_step"}]``: the program forms that trained the steps so far."""
+        return self.meta.setdefault("forms", [])
+
+    def begin_form(self, mode: str, step: int) -> dict | None:
+        """Records that the steps from ``step`` on train in form ``mode``.
+
+        Returns:
+          The form that trained the steps before ``step`` when it was another one
+          (a resume in another form), else None. Steps trained before forms were
+          recorded count as the form ``"unrecorded"``.
+        """
+        forms = self.forms()
+        if step > 0 and not forms:
+            forms.append({"mode": "unrecorded", "from_step": 0})
+        previous = forms[-1] if forms else None
+        if previous is None or previous["mode"] != mode:
+            forms.append({"mode": mode, "from_step": step})
+            self.set_meta()
+        return previous if previous is not None and previous["mode"] != mode else None
+
     def set_meta(self, **entries) -> None:
         """Updates ``meta`` and rewrites ``meta.json`` atomically (tmp file + rename)."""
         self.meta.update(entries)
-        if not self.enabled:
-            return
-        tmp = self.meta_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.meta, f)
-        os.replace(tmp, self.meta_path)
+        if self.enabled:
+            write_json(self.meta_path, self.meta, indent=None)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -34,7 +34,8 @@ import warnings
 import jax
 import numpy as np
 
-LOCK_NAME = ".lock"
+from experiments.run.workdir import LOCK
+
 # flock errors that mean "not supported here" rather than "held".
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
@@ -119,7 +120,7 @@ def _held_message(path: str, holder: dict | None, *, flock: bool) -> str:
 def _acquire(workdir: str) -> int:
     """Locks ``workdir``; returns the lock file's descriptor (held open)."""
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOCK_NAME)
+    path = os.path.join(workdir, LOCK)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         flock = True
