@@ -79,6 +79,8 @@ def _check(x, y, norm: str, loss: str) -> None:
         )
     if jnp.ndim(x) < 2 or jnp.shape(y) != jnp.shape(x)[:1]:
         raise ValueError(f"`x` must be [B, ...] and `y` [B]; got {jnp.shape(x)}, {jnp.shape(y)}.")
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        raise TypeError(f"`y` must be integer labels; got {jnp.result_type(y)}.")
 
 
 def _per_example(v, x) -> Array:

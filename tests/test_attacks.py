@@ -284,6 +284,8 @@ def test_bad_arguments():
         A.pgd(f, x.astype(np.int32), y, eps=0.1, key=key)
     with pytest.raises(ValueError, match="`y` \\[B\\]"):
         A.pgd(f, x, y[:3], eps=0.1, key=key)
+    with pytest.raises(TypeError, match="`y` must be integer"):
+        A.fgsm(f, x, y.astype(np.float32), eps=0.1)
     with pytest.raises(ValueError, match="needs a `key`"):
         A.pgd(f, x, y, eps=0.1)
     with pytest.raises(ValueError, match="num_targets"):
