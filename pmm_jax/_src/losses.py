@@ -47,8 +47,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from pmm_jax._src import checks, sharded
-from pmm_jax._src.penalty import _pairwise_margins, _pmm_penalty, _safe_sqrt, _varying_axes
+from pmm_jax._src import checks, numerics, sharded
+from pmm_jax._src.penalty import unchecked_pairwise_margins, unchecked_pmm_penalty
 
 Array = jax.Array
 PENALTY_REDUCTIONS = ("mean", "official", "sum")
@@ -102,33 +102,6 @@ def resolve_alpha(alpha, step) -> Array:
     return jnp.asarray(alpha, jnp.float32)
 
 
-def _shares(where: Array, axis_name) -> tuple[Array, Array, Array]:
-    """``(n, num_shards, scale)`` for masked means built as per-device shares.
-
-    ``n`` is the number of valid rows of the global batch and ``scale =
-    num_shards / max(n, 1)``: ``sum(local values) * scale`` is this device's share,
-    and the ``pmean`` of the shares over ``axis_name`` is the global masked mean
-    (with ``axis_name=None``, the share *is* the mean). The one place this
-    arithmetic lives (``pmm_jax.training`` uses it for its metrics too).
-    """
-    n = jnp.sum(where, dtype=jnp.float32)
-    num_shards = jnp.float32(1.0)
-    if axis_name is not None:
-        n, num_shards = lax.psum(n, axis_name), lax.psum(1.0, axis_name)
-    return n, num_shards, num_shards / jnp.maximum(n, 1.0)
-
-
-def mean_share(values: Array, where: Array, axis_name=None) -> Array:
-    """This device's share of the masked mean of ``values`` over the global batch."""
-    return jnp.sum(jnp.where(where, values, 0.0)) * _shares(where, axis_name)[2]
-
-
-def masked_min(values: Array, where: Array, axis_name=None) -> Array:
-    """The minimum of ``values`` over the valid rows of the global batch (not a share)."""
-    out = jnp.min(jnp.where(where, values, jnp.inf))
-    return out if axis_name is None else lax.pmin(out, axis_name)
-
-
 def _official_penalty(sq_dist, r_sq, where, n_global, num_shards, axis_name):
     r"""``r^2 (mean_i s_i)^2``, ``s_i = ||w_{y_i} - w_{m_i}||``, over the valid rows.
 
@@ -148,7 +121,7 @@ def _official_penalty(sq_dist, r_sq, where, n_global, num_shards, axis_name):
     differentiation through a collective. (Higher derivatives of the share are
     not those of the global objective.)
     """
-    s = jnp.where(where, _safe_sqrt(sq_dist), 0.0)
+    s = jnp.where(where, numerics.safe_sqrt(sq_dist), 0.0)
     s_local = jnp.sum(s)
     if axis_name is None:
         s_bar = s_local / jnp.maximum(n_global, 1.0)
@@ -300,9 +273,9 @@ def _pmm_loss(
     """Unchecked :func:`pmm_loss` on this device's arrays (``base``: precomputed ``C_i``)."""
     batch = logits.shape[0]
     valid = jnp.ones((batch,), bool) if where is None else where
-    n_global, num_shards, mean_scale = _shares(valid, axis_name)
+    n_global, num_shards, mean_scale = numerics.shares(valid, axis_name)
 
-    penalty, r_sq, pair = _pmm_penalty(
+    penalty, r_sq, pair = unchecked_pmm_penalty(
         logits,
         labels,
         features,
@@ -326,8 +299,8 @@ def _pmm_loss(
         scale = num_shards if penalty_reduction == "sum" else mean_scale
         penalty_reduced = jnp.sum(penalty) * scale
 
-    radius = _safe_sqrt(lax.stop_gradient(r_sq))
-    margins = _pairwise_margins(
+    radius = numerics.safe_sqrt(lax.stop_gradient(r_sq))
+    margins = unchecked_pairwise_margins(
         lax.stop_gradient(logits),
         labels,
         kernel,
@@ -342,7 +315,7 @@ def _pmm_loss(
         "alpha": alpha,
         "radius": radius,
         "mean_margin": jnp.sum(margins) * mean_scale,
-        "min_margin": masked_min(margins, valid, axis_name),
+        "min_margin": numerics.masked_min(margins, valid, axis_name),
         "num_examples": n_global,
     }
     return base_risk + alpha * penalty_reduced, parts
@@ -373,7 +346,7 @@ def _pmm_loss_explicit(layout, arrays, *, axis_name, base_loss, **kw):
             return total, parts
         total = lax.pmean(total, batch)
         for name, value in parts.items():
-            varying = tuple(a for a in batch if a in _varying_axes(value))
+            varying = tuple(a for a in batch if a in numerics.varying_axes(value))
             if varying:  # shares are averaged; the global values only need their type fixed
                 reduce = lax.pmean if name in _SHARES else lax.pmax
                 parts[name] = reduce(value, varying)
