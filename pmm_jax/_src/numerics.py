@@ -4,8 +4,9 @@ The bottom of the package's import graph: this module imports no other ``pmm_jax
 module, and every other ``_src`` module may import it. Its names are not exported
 by ``pmm_jax``; they are the API of this module inside the package.
 
-* The compute dtype (:func:`acc_dtype`), ``r^2`` (:func:`radius_sq`) and a square
-  root with a finite gradient at 0 (:func:`safe_sqrt`).
+* The compute dtype (:func:`acc_dtype`), ``r^2`` (:func:`radius_sq`), a square root
+  with a finite gradient at 0 (:func:`safe_sqrt`), the score of given classes
+  (:func:`pick`) and a margin over its gradient's norm (:func:`signed_distance`).
 * The deterministic kernel-gradient assemblies of ``||w_y - w_m||^2``
   (:func:`kernel_grad_dense`, :func:`kernel_grad_sorted`; see ``penalty.py``'s
   module docstring) and the sanitizing of masked rows (:func:`sanitize`).
@@ -36,9 +37,10 @@ def acc_dtype(dtype) -> jnp.dtype:
 def radius_sq(features: Array, where: Array | None, axis_name) -> Array:
     """``r^2 = max_i ||phi_i||^2`` over selected rows, global over ``axis_name``.
 
-    ``features`` is ``[B, d]``; the norm is over the last axis.
+    ``features`` is ``[B, ...]``; the norm is over all non-batch axes.
     """
-    sq = jnp.sum(jnp.square(features.astype(acc_dtype(features.dtype))), axis=-1)
+    axes = tuple(range(1, features.ndim))
+    sq = jnp.sum(jnp.square(features.astype(acc_dtype(features.dtype))), axis=axes)
     if where is not None:
         sq = jnp.where(where, sq, 0.0)
     local = jnp.max(sq, initial=0.0)
@@ -56,6 +58,29 @@ def safe_sqrt(x: Array) -> Array:
     positive = x > 0
     rest = jnp.where(jnp.isnan(x), x, jnp.zeros_like(x))
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), rest)
+
+
+def pick(scores: Array, idx: Array) -> Array:
+    """``scores[i, idx_i]``, ``[B]``."""
+    return jnp.take_along_axis(scores, idx[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def signed_distance(
+    gap: Array, sq_norm: Array, *, radius: Array | None = None, where: Array | None = None
+) -> Array:
+    """``gap_i / (sqrt(sq_norm_i) * radius)``: a margin over the norm of its gradient.
+
+    Where the denominator is 0 (no boundary, or a zero radius) the result is 0, with a zero
+    gradient; NaN inputs give NaN, so that a fault is not hidden behind a plausible margin.
+    Masked rows (``where`` False) give 0.
+    """
+    denom = safe_sqrt(sq_norm)
+    if radius is not None:
+        denom = denom * jnp.asarray(radius, denom.dtype)
+    ok = denom > 0
+    out = jnp.where(ok, gap / jnp.where(ok, denom, 1.0), jnp.where(jnp.isnan(denom), denom, 0.0))
+    out = jnp.where(jnp.isnan(gap), gap, out)
+    return out if where is None else jnp.where(where, out, 0.0)
 
 
 def sanitize(labels: Array, competitors: Array, where: Array | None, k: int):

@@ -410,13 +410,4 @@ def unchecked_pairwise_margins(
     classes = head.logit_classes if head is not None else ()
     s_y = sharded.pick(logits, labels, classes).astype(acc)
     s_m = sharded.pick(logits, competitors, classes).astype(acc)
-    denom = numerics.safe_sqrt(sq_dist)
-    if radius is not None:
-        denom = denom * jnp.asarray(radius, denom.dtype)
-    gap = s_y - s_m
-    ok = denom > 0
-    # No boundary (w_y = w_m) or a zero radius gives 0; NaN inputs give NaN, so that
-    # a fault is not hidden behind a plausible margin.
-    out = jnp.where(ok, gap / jnp.where(ok, denom, 1.0), jnp.where(jnp.isnan(denom), denom, 0.0))
-    out = jnp.where(jnp.isnan(gap), gap, out)
-    return out if where is None else jnp.where(where, out, 0.0)
+    return numerics.signed_distance(s_y - s_m, sq_dist, radius=radius, where=where)

@@ -281,7 +281,7 @@ def pair_terms(logits, labels, kernel, where, head: HeadAxes):
 def pick(logits: Array, idx: Array, axes: tuple) -> Array:
     """``logits[i, idx_i]`` for global class ids over class-sharded logits, ``[B]``."""
     if not axes:
-        return jnp.take_along_axis(logits, idx[:, None].astype(jnp.int32), axis=-1)[:, 0]
+        return numerics.pick(logits, idx)
     local, owned = _localize(idx, class_offset(axes, logits.shape[-1]), logits.shape[-1])
     vals = jnp.take_along_axis(logits, local[:, None], axis=-1)[:, 0]
     return psum_identical(jnp.where(owned, vals, jnp.zeros_like(vals)), axes)
