@@ -576,6 +576,29 @@ def test_jaxpr_has_no_per_example_jacobian():
         _assert_no_batch_product(jac, params, feats)
 
 
+def test_readme_hidden_layer_example_runs():
+    """The README's Flax example, executed as written (skipped without Flax)."""
+    pytest.importorskip("flax")
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    code = readme.split("<!-- hidden-layers-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    env = {"pmm_jax": pmm_jax, "alpha": 0.1}
+    exec(compile(code, "README.md", "exec"), env)  # our own README, as written
+    env["model"] = model = env["Net"](num_classes=5)
+    feats, labels = make_features(60, 8, 12, 5)
+    params = model.init(jax.random.key(0), feats)["params"]
+    batch = {"x": feats, "y": labels}
+    (total, parts), grads = jax.value_and_grad(env["loss_fn"], has_aux=True)(params, batch, 0)
+    assert parts["layer_penalties"].shape == (2,)
+    np.testing.assert_allclose(total, parts["base_risk"] + 0.1 * parts["penalty"], rtol=1e-6)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    logits, aux = model.apply({"params": params}, feats)
+    head = params["head"]
+    want = pmm_jax.pmm_loss(logits, labels, aux["pre_logits"], head["kernel"], alpha=0.1)[1]
+    np.testing.assert_allclose(parts["layer_penalties"][0], want["penalty"], rtol=1e-6)
+
+
 # --- errors that name the argument ---------------------------------------------------------
 
 
