@@ -4,6 +4,7 @@ The public API. Implementations live in ``pmm_jax._src``; import from here.
 """
 
 from pmm_jax._src.checks import validate_batch
+from pmm_jax._src.layers import layer_pmm_loss, layer_pmm_penalty
 from pmm_jax._src.losses import PENALTY_REDUCTIONS, pmm_loss
 from pmm_jax._src.params import HeadNotFoundError, find_head, pmm_penalty_from_params
 from pmm_jax._src.penalty import (
@@ -32,6 +33,8 @@ __all__ = [
     "epoch_linear_alpha_schedule",
     "feature_radius",
     "find_head",
+    "layer_pmm_loss",
+    "layer_pmm_penalty",
     "linear_alpha_schedule",
     "pairwise_margins",
     "pmm_loss",

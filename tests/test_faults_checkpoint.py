@@ -82,6 +82,11 @@ def _save_like_old_code(directory, states):
     manager.close()
 
 
+def _abstract(x):
+    """The restore target of one leaf, as the Checkpointer builds it."""
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
 def _flip_so_that_orbax_reads_it_back(directory, step, like):
     """Flips 16 bytes of the step's largest data file, at positions where plain
     orbax still restores the checkpoint without an error (most are: the zstd
@@ -89,7 +94,7 @@ def _flip_so_that_orbax_reads_it_back(directory, step, like):
     path = _largest_data_file(directory / str(step))
     with open(path, "rb") as f:
         original = f.read()
-    target = jax.tree.map(training.checkpoint._abstract, like.checkpoint_items())
+    target = jax.tree.map(_abstract, like.checkpoint_items())
     want = jax.tree.leaves(jax.device_get(like.checkpoint_items()))
     for seed in range(20):
         with open(path, "wb") as f:

@@ -117,6 +117,68 @@ def check_features(features, batch: int | None = None) -> int:
     return _shape_of(features)[1]
 
 
+def check_labels(labels, batch: int) -> None:
+    """Checks ``labels: int[B]`` against the batch size ``B`` (of ``features``)."""
+    check_integer("labels", labels)
+    check_rank("labels", labels, 1, "[batch]")
+    if _shape_of(labels)[0] != batch:
+        raise ValueError(
+            f"`labels` and `features` must share the batch size: labels {_shape_of(labels)}, "
+            f"batch size {batch}."
+        )
+
+
+def check_layer_features(features, batch: int | None = None, name: str = "features") -> int:
+    """Checks a layer's output ``float[B, ...]`` (any trailing shape); returns ``B``."""
+    check_floating(name, features)
+    shape = _shape_of(features)
+    if not shape:
+        raise ValueError(f"`{name}` must have a batch axis, [batch, ...]; got a scalar.")
+    if batch is not None and shape[0] != batch:
+        raise ValueError(
+            f"`{name}` and `logits` must share the batch size: {name} {shape}, batch size {batch}."
+        )
+    return shape[0]
+
+
+def check_layer_output(out, features_shape: tuple, name: str = "fn") -> int:
+    """Checks that ``fn(features)`` is ``float[B, k]`` logits of the features' batch.
+
+    Returns ``k``. ``name`` is the function's name in the error (``"fn"``).
+    """
+    if isinstance(out, (tuple, list, dict)):
+        raise TypeError(
+            f"`{name}` must return the logits, one array [batch, num_classes]; "
+            f"`{name}(features)` returned a {type(out).__name__}. If it returns (logits, aux), "
+            f"wrap it: lambda h: {name}(h)[0]."
+        )
+    try:
+        dtype = np.dtype(jnp.result_type(out))
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`{name}` must return the logits, one array [batch, num_classes]; got "
+            f"{type(out).__name__}."
+        ) from None
+    shape = _shape_of(out)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}(features)` must return floating logits; got dtype {dtype} with shape {shape}."
+        )
+    batch = features_shape[0]
+    if len(shape) != 2 or shape[0] != batch:
+        raise ValueError(
+            f"`{name}(features)` must return logits of shape [batch, num_classes] = "
+            f"({batch}, k), with the batch of `features` {tuple(features_shape)}; got {shape}. "
+            f"`{name}` maps the layer's features to the logits, row by row."
+        )
+    if shape[1] < 2:
+        raise ValueError(
+            f"PMM needs at least 2 classes; `{name}(features)` has shape {shape}, i.e. "
+            f"k={shape[1]}."
+        )
+    return shape[1]
+
+
 def check_kernel(kernel, dim: int | None, num_classes: int, *, class_parallel=False) -> None:
     """Checks ``kernel: float[d, k]`` in the Flax ``nn.Dense`` layout.
 

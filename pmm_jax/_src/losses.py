@@ -23,7 +23,7 @@ over the axis -- and the ``pmean`` of their gradients, as in every pmap training
 loop -- equals the single-device value on the global batch: means are taken
 over the global count of valid examples, the radius is the global one, and
 ``"official"``'s global ``mean_i s_i`` enters through its first-order expansion
-around the (stop-gradient) global value (see :func:`_official_penalty`). With
+around the (stop-gradient) global value (see :func:`official_penalty`). With
 ``jax.jit`` over sharded global arrays leave ``axis_name=None``: the batch is
 global already.
 
@@ -47,15 +47,15 @@ import numpy as np
 import optax
 from jax import lax
 
-from pmm_jax._src import checks, sharded
-from pmm_jax._src.penalty import _pairwise_margins, _pmm_penalty, _safe_sqrt, _varying_axes
+from pmm_jax._src import checks, numerics, sharded
+from pmm_jax._src.penalty import unchecked_pairwise_margins, unchecked_pmm_penalty
 
 Array = jax.Array
 PENALTY_REDUCTIONS = ("mean", "official", "sum")
 
 
-def _check_alpha_value(value, what: str) -> None:
-    """Raises ``ValueError`` if a concrete alpha is negative or not finite."""
+def check_nonnegative(value, what: str) -> None:
+    """Raises ``ValueError`` if a concrete scalar (alpha, a weight) is negative or not finite."""
     if isinstance(value, jax.core.Tracer):
         return  # a traced value (e.g. alpha passed into jit): nothing to see
     v = float(np.asarray(value))
@@ -88,7 +88,7 @@ def resolve_alpha(alpha, step) -> Array:
         except Exception:  # a schedule that cannot be called eagerly: not checked
             first = None
         if first is not None and jnp.ndim(first) == 0:
-            _check_alpha_value(first, "The alpha schedule's first value `alpha(0)`")
+            check_nonnegative(first, "The alpha schedule's first value `alpha(0)`")
         alpha = alpha(step)
     try:
         ndim = jnp.ndim(alpha)
@@ -98,38 +98,11 @@ def resolve_alpha(alpha, step) -> Array:
         ) from e
     if ndim != 0:
         raise ValueError(f"`alpha` must be a scalar or a schedule; got shape {jnp.shape(alpha)}.")
-    _check_alpha_value(alpha, "`alpha`")
+    check_nonnegative(alpha, "`alpha`")
     return jnp.asarray(alpha, jnp.float32)
 
 
-def _shares(where: Array, axis_name) -> tuple[Array, Array, Array]:
-    """``(n, num_shards, scale)`` for masked means built as per-device shares.
-
-    ``n`` is the number of valid rows of the global batch and ``scale =
-    num_shards / max(n, 1)``: ``sum(local values) * scale`` is this device's share,
-    and the ``pmean`` of the shares over ``axis_name`` is the global masked mean
-    (with ``axis_name=None``, the share *is* the mean). The one place this
-    arithmetic lives (``pmm_jax.training`` uses it for its metrics too).
-    """
-    n = jnp.sum(where, dtype=jnp.float32)
-    num_shards = jnp.float32(1.0)
-    if axis_name is not None:
-        n, num_shards = lax.psum(n, axis_name), lax.psum(1.0, axis_name)
-    return n, num_shards, num_shards / jnp.maximum(n, 1.0)
-
-
-def mean_share(values: Array, where: Array, axis_name=None) -> Array:
-    """This device's share of the masked mean of ``values`` over the global batch."""
-    return jnp.sum(jnp.where(where, values, 0.0)) * _shares(where, axis_name)[2]
-
-
-def masked_min(values: Array, where: Array, axis_name=None) -> Array:
-    """The minimum of ``values`` over the valid rows of the global batch (not a share)."""
-    out = jnp.min(jnp.where(where, values, jnp.inf))
-    return out if axis_name is None else lax.pmin(out, axis_name)
-
-
-def _official_penalty(sq_dist, r_sq, where, n_global, num_shards, axis_name):
+def official_penalty(sq_dist, r_sq, where, n_global, num_shards, axis_name):
     r"""``r^2 (mean_i s_i)^2``, ``s_i = ||w_{y_i} - w_{m_i}||``, over the valid rows.
 
     ``s_i = sqrt(sq_dist_i)`` with a zero gradient where ``s_i = 0`` (PyTorch's
@@ -148,7 +121,7 @@ def _official_penalty(sq_dist, r_sq, where, n_global, num_shards, axis_name):
     differentiation through a collective. (Higher derivatives of the share are
     not those of the global objective.)
     """
-    s = jnp.where(where, _safe_sqrt(sq_dist), 0.0)
+    s = jnp.where(where, numerics.safe_sqrt(sq_dist), 0.0)
     s_local = jnp.sum(s)
     if axis_name is None:
         s_bar = s_local / jnp.maximum(n_global, 1.0)
@@ -156,6 +129,59 @@ def _official_penalty(sq_dist, r_sq, where, n_global, num_shards, axis_name):
     count = jnp.maximum(n_global, 1.0)
     s_bar = lax.stop_gradient(lax.psum(s_local, axis_name) / count)
     return r_sq * s_bar * (2.0 * num_shards * s_local / count - s_bar)
+
+
+def reduce_penalty(
+    sq_norms: Array, r_sq: Array, where: Array | None, axis_name, *, reduction: str, counts=None
+) -> Array:
+    r"""This device's share of the reduced penalty ``P`` from ``s_i^2`` and ``r^2``.
+
+    The one implementation of the three reductions (``pmm_loss``, ``layer_pmm_loss``):
+    ``"mean"``: ``mean_i r^2 s_i^2``; ``"official"``: ``r^2 (mean_i s_i)^2``
+    (:func:`official_penalty`); ``"sum"``: ``sum_i r^2 s_i^2``; over the valid rows of the
+    global batch. With ``axis_name`` the result is a share: its ``pmean`` over the axis (and
+    that of its gradients) is the global value.
+
+    Args:
+      sq_norms: ``float32[B]`` ``s_i^2`` (``||w_{y_i} - w_{m_i}||^2`` at the head,
+        ``||grad_{h_i} xi_i||^2`` at a hidden layer).
+      r_sq: ``float32[]`` the global ``r^2`` (already stopped if its gradient is cut).
+      where: optional ``bool[B]`` mask of valid rows.
+      axis_name: the mapped batch axis, or ``None``.
+      reduction: one of :data:`PENALTY_REDUCTIONS`.
+      counts: ``numerics.shares(valid, axis_name)`` if already computed.
+    """
+    valid = jnp.ones(jnp.shape(sq_norms), bool) if where is None else where
+    n_global, num_shards, mean_scale = (
+        numerics.shares(valid, axis_name) if counts is None else counts
+    )
+    if reduction == "official":
+        return official_penalty(sq_norms, r_sq, valid, n_global, num_shards, axis_name)
+    penalty = sq_norms * r_sq
+    if where is not None:
+        penalty = jnp.where(where, penalty, 0.0)
+    scale = num_shards if reduction == "sum" else mean_scale
+    return jnp.sum(penalty) * scale
+
+
+def base_risk_share(base: Array, valid: Array, counts) -> Array:
+    """This device's share of ``mean_i C_i`` (float32) over the valid rows.
+
+    ``base``: the per-example ``C_i`` (``[B]``, checked); ``counts``:
+    ``numerics.shares(valid, axis_name)``.
+    """
+    check_base(base, valid.shape[0])
+    return jnp.sum(jnp.where(valid, base.astype(jnp.float32), 0.0)) * counts[2]
+
+
+def check_loss_options(penalty_reduction, base_loss) -> None:
+    """Raises unless ``penalty_reduction`` is known and ``base_loss`` is callable."""
+    if penalty_reduction not in PENALTY_REDUCTIONS:
+        raise ValueError(
+            f"`penalty_reduction` must be one of {PENALTY_REDUCTIONS}; got {penalty_reduction!r}."
+        )
+    if not callable(base_loss):
+        raise TypeError(f"`base_loss` must be callable (logits, labels) -> [B]; got {base_loss!r}.")
 
 
 def pmm_loss(
@@ -247,12 +273,7 @@ def pmm_loss(
     dim = checks.check_features(features, batch)
     checks.check_kernel(kernel, dim, k, class_parallel=head is not None)
     checks.check_where(where, batch)
-    if penalty_reduction not in PENALTY_REDUCTIONS:
-        raise ValueError(
-            f"`penalty_reduction` must be one of {PENALTY_REDUCTIONS}; got {penalty_reduction!r}."
-        )
-    if not callable(base_loss):
-        raise TypeError(f"`base_loss` must be callable (logits, labels) -> [B]; got {base_loss!r}.")
+    check_loss_options(penalty_reduction, base_loss)
     if head is not None:
         sharded.check_base_loss(base_loss)
     arrays = {
@@ -274,7 +295,8 @@ def pmm_loss(
     return _pmm_loss_explicit(layout, arrays, axis_name=axis_name, **kw)
 
 
-def _check_base(base, batch: int) -> None:
+def check_base(base, batch: int) -> None:
+    """Raises ``ValueError`` unless ``base_loss`` returned per-example values ``[B]``."""
     if jnp.shape(base) != (batch,):
         raise ValueError(
             f"`base_loss` must return per-example values of shape ({batch},); got "
@@ -300,9 +322,10 @@ def _pmm_loss(
     """Unchecked :func:`pmm_loss` on this device's arrays (``base``: precomputed ``C_i``)."""
     batch = logits.shape[0]
     valid = jnp.ones((batch,), bool) if where is None else where
-    n_global, num_shards, mean_scale = _shares(valid, axis_name)
+    counts = numerics.shares(valid, axis_name)
+    n_global, _, mean_scale = counts
 
-    penalty, r_sq, pair = _pmm_penalty(
+    _, r_sq, pair = unchecked_pmm_penalty(
         logits,
         labels,
         features,
@@ -317,17 +340,13 @@ def _pmm_loss(
             base = sharded.base_loss(base_loss, logits, labels, pair[1], head.logit_classes)
         else:
             base = base_loss(logits, labels)
-    _check_base(base, batch)
-    base_risk = jnp.sum(jnp.where(valid, base.astype(jnp.float32), 0.0)) * mean_scale
+    base_risk = base_risk_share(base, valid, counts)
+    penalty_reduced = reduce_penalty(
+        pair[2], r_sq, where, axis_name, reduction=penalty_reduction, counts=counts
+    )
 
-    if penalty_reduction == "official":
-        penalty_reduced = _official_penalty(pair[2], r_sq, valid, n_global, num_shards, axis_name)
-    else:
-        scale = num_shards if penalty_reduction == "sum" else mean_scale
-        penalty_reduced = jnp.sum(penalty) * scale
-
-    radius = _safe_sqrt(lax.stop_gradient(r_sq))
-    margins = _pairwise_margins(
+    radius = numerics.safe_sqrt(lax.stop_gradient(r_sq))
+    margins = unchecked_pairwise_margins(
         lax.stop_gradient(logits),
         labels,
         kernel,
@@ -342,7 +361,7 @@ def _pmm_loss(
         "alpha": alpha,
         "radius": radius,
         "mean_margin": jnp.sum(margins) * mean_scale,
-        "min_margin": masked_min(margins, valid, axis_name),
+        "min_margin": numerics.masked_min(margins, valid, axis_name),
         "num_examples": n_global,
     }
     return base_risk + alpha * penalty_reduced, parts
@@ -362,7 +381,7 @@ def _pmm_loss_explicit(layout, arrays, *, axis_name, base_loss, **kw):
     """
     if layout.head.logit_classes and not sharded.is_builtin_base_loss(base_loss):
         arrays = {**arrays, "base": base_loss(arrays["logits"], arrays["labels"])}
-        _check_base(arrays["base"], arrays["labels"].shape[0])
+        check_base(arrays["base"], arrays["labels"].shape[0])
 
     def per_device(head, batch, **local):
         axes = sharded.axis_names(axis_name) + batch
@@ -373,7 +392,7 @@ def _pmm_loss_explicit(layout, arrays, *, axis_name, base_loss, **kw):
             return total, parts
         total = lax.pmean(total, batch)
         for name, value in parts.items():
-            varying = tuple(a for a in batch if a in _varying_axes(value))
+            varying = tuple(a for a in batch if a in numerics.varying_axes(value))
             if varying:  # shares are averaged; the global values only need their type fixed
                 reduce = lax.pmean if name in _SHARES else lax.pmax
                 parts[name] = reduce(value, varying)

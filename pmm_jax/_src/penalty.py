@@ -35,9 +35,9 @@ is one reduction over the batch, ``G[:, j] = sum_i c_i ([y_i = j] - [m_i = j])``
 ``O(B k d)`` multiply-adds by 0 or +-1 (at most 32 times the gather's work),
 which XLA fuses without storing the ``[d, B, k]`` product (the XLA of jaxlib
 >= 0.10.2 on CPU; older ones store it, ``B d k`` floats); one kernel instead of
-a sort, a scan and a scatter (the penalty's forward + backward at B=128, d=64,
-k=10 went from 107 us to 46 us on a 2-core CPU). Both assemblies are bitwise
-reproducible from run to run on every backend.
+a sort, a scan and a scatter (timings in ``docs/performance.md``). Both assemblies
+are bitwise reproducible from run to run on every backend; both live in
+``pmm_jax/_src/numerics.py``, shared with the class-parallel head.
 
 Sharded heads. With the classes (and possibly the feature rows) of the kernel split
 over mesh axes -- ``class_axis_name`` inside ``shard_map``/``pmap``, or an explicitly
@@ -65,14 +65,9 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pmm_jax._src import checks, sharded
+from pmm_jax._src import checks, numerics, sharded
 
 Array = jax.Array
-
-
-def _acc(dtype) -> jnp.dtype:
-    """The compute dtype: float32, or wider if the input is (float64 under x64)."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def competitor_classes(logits: Array, labels: Array, *, class_axis_name=None) -> Array:
@@ -133,28 +128,6 @@ def _competitor_classes(logits: Array, labels: Array, k: int) -> Array:
     return jnp.where(m == labels, (labels + 1) % k, m)
 
 
-def _radius_sq(features: Array, where: Array | None, axis_name) -> Array:
-    """``r^2 = max_i ||phi_i||^2`` over selected rows, global over ``axis_name``."""
-    sq = jnp.sum(jnp.square(features.astype(_acc(features.dtype))), axis=-1)
-    if where is not None:
-        sq = jnp.where(where, sq, 0.0)
-    local = jnp.max(sq, initial=0.0)
-    if axis_name is None:
-        return local
-    # The collective max, written as all_gather + max so that it is
-    # differentiable: all_gather's transpose sums the cotangent of r^2 over the
-    # devices and hands it to the device(s) holding the max (lax.pmax has no
-    # differentiation rule).
-    return jnp.max(lax.all_gather(local, axis_name))
-
-
-def _safe_sqrt(x: Array) -> Array:
-    """``sqrt`` with a zero (not NaN) gradient at 0; NaN stays NaN (a fault shows)."""
-    positive = x > 0
-    rest = jnp.where(jnp.isnan(x), x, jnp.zeros_like(x))
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), rest)
-
-
 def feature_radius(features: Array, *, where: Array | None = None, axis_name=None) -> Array:
     """The feature-space radius ``r = max_i ||phi_i||_2`` of the batch.
 
@@ -177,7 +150,7 @@ def feature_radius(features: Array, *, where: Array | None = None, axis_name=Non
     """
     checks.check_features(features)
     checks.check_where(where, jnp.shape(features)[0])
-    return _safe_sqrt(_radius_sq(jnp.asarray(features), where, axis_name))
+    return numerics.safe_sqrt(numerics.radius_sq(jnp.asarray(features), where, axis_name))
 
 
 # --- ||w_y - w_m||^2 with a deterministic backward pass ----------------------
@@ -213,7 +186,7 @@ def _replicated(x):
 
 
 def _pair_diff(kernel, labels, competitors):
-    acc = _acc(kernel.dtype)
+    acc = numerics.acc_dtype(kernel.dtype)
     w_y = _take_columns(kernel, labels).astype(acc)  # [d, B]
     w_m = _take_columns(kernel, competitors).astype(acc)
     diff = w_y - w_m
@@ -227,18 +200,6 @@ def _pair_sq_dist_fwd(kernel, labels, competitors):
     return sq, (diff, labels, competitors, like)
 
 
-def _segmented_add(a, b):
-    """Associative op of a segmented sum: ``(flag, value)`` pairs."""
-    flag_a, val_a = a
-    flag_b, val_b = b
-    return flag_a | flag_b, jnp.where(flag_b[:, None], val_b, val_a + val_b)
-
-
-# Up to this many classes the kernel gradient is one fused reduction over the
-# batch (O(B k d) work, at most 32x the gather's); beyond, sort + segmented scan.
-_DENSE_GRAD_MAX_K = 32
-
-
 def _pair_sq_dist_bwd(res, g):
     diff, labels, competitors, like = res
     k = like.shape[1]
@@ -249,79 +210,11 @@ def _pair_sq_dist_bwd(res, g):
             jax.sharding.reshard(x, _replicated(x)) for x in (diff, labels, competitors, g)
         )
     contrib = (2.0 * g)[None, :] * diff  # [d, B]: dR/dw_y; dR/dw_m is its negative.
-    if k <= _DENSE_GRAD_MAX_K:
-        grad = _kernel_grad_dense(contrib, labels, competitors, k)
-    else:
-        grad = _kernel_grad_sorted(contrib, labels, competitors, k)
+    grad = numerics.kernel_grad(contrib, labels, competitors, k)
     return grad.astype(like.dtype), None, None
 
 
-def _kernel_grad_dense(contrib, labels, competitors, k):
-    """``G[:, j] = sum_i contrib[:, i] * ([y_i = j] - [m_i = j])`` as one reduction.
-
-    The signs are exactly -1, 0 or +1 (``y_i != m_i``), so every product is exact
-    and the only rounding is XLA's reduction over the batch: a fixed order, no
-    atomics, the same bits on every run. XLA fuses the broadcast into the
-    reduction, so the ``[d, B, k]`` product is never stored.
-    """
-    classes = jnp.arange(k, dtype=jnp.int32)
-    sign = (labels[:, None] == classes).astype(contrib.dtype) - (
-        competitors[:, None] == classes
-    ).astype(contrib.dtype)  # [B, k]
-    return jnp.sum(contrib[:, :, None] * sign[None, :, :], axis=1)
-
-
-def _kernel_grad_sorted(contrib, labels, competitors, k):
-    """The same gradient by an integer sort, a segmented scan and a unique-index write."""
-    d, batch = contrib.shape
-    cls = jnp.concatenate([labels, competitors]).astype(jnp.int32)  # [2B]
-    vals = jnp.concatenate([contrib, -contrib], axis=1).T  # [2B, d]
-    order = jnp.argsort(cls, stable=True)
-    cls, vals = cls[order], vals[order]
-    starts = jnp.concatenate([jnp.ones((1,), bool), cls[1:] != cls[:-1]])
-    ends = jnp.concatenate([cls[1:] != cls[:-1], jnp.ones((1,), bool)])
-    _, sums = lax.associative_scan(_segmented_add, (starts, vals))
-    # One write per class; the other rows go to distinct out-of-range slots and
-    # are dropped, so every index is unique and no two updates are ever added.
-    target = jnp.where(ends, cls, k + jnp.arange(2 * batch, dtype=jnp.int32))
-    return jnp.zeros((d, k), sums.dtype).at[:, target].set(sums.T, mode="drop", unique_indices=True)
-
-
 _pair_sq_dist.defvjp(_pair_sq_dist_fwd, _pair_sq_dist_bwd)
-
-
-def _varying_axes(x) -> frozenset:
-    """Mesh axes over which ``x`` varies inside ``shard_map`` (empty elsewhere)."""
-    aval = jax.typeof(x)
-    vma = getattr(aval, "vma", None)  # JAX < 0.10 spelling
-    if vma is None:  # JAX >= 0.10
-        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", ())
-    return frozenset(vma)
-
-
-def _vary_like(x, *refs):
-    """Marks ``x`` as varying over the axes that ``refs`` vary over.
-
-    Under ``shard_map(check_vma=True)`` a replicated kernel is *invariant* while
-    the labels are *varying*; a custom VJP must return a cotangent of its input's
-    type, so the kernel is cast to varying first (a no-op on the data whose
-    transpose is the ``psum`` of the per-device kernel gradients).
-    """
-    missing = frozenset().union(*(_varying_axes(r) for r in refs)) - _varying_axes(x)
-    if not missing:
-        return x
-    axes = tuple(sorted(missing, key=str))
-    if hasattr(lax, "pcast"):  # JAX >= 0.9
-        return lax.pcast(x, axes, to="varying")
-    return lax.pvary(x, axes)  # JAX < 0.9 (removed in 0.10)
-
-
-def _sanitize(labels, competitors, where, k):
-    """Gives masked rows valid, distinct class indices (their result is zeroed)."""
-    labels = labels.astype(jnp.int32)
-    if where is None:
-        return labels, competitors
-    return jnp.where(where, labels, 0), jnp.where(where, competitors, 1 % k)
 
 
 def pmm_penalty(
@@ -409,11 +302,11 @@ def pmm_penalty(
     kw = dict(axis_name=axis_name, stop_radius_gradient=stop_radius_gradient)
     layout = None if head is not None else sharded.explicit_layout(**arrays)
     if layout is None:
-        return _pmm_penalty(**arrays, head=head, **kw)[0]
+        return unchecked_pmm_penalty(**arrays, head=head, **kw)[0]
 
     def per_device(head, batch, **local):
         axes = sharded.axis_names(axis_name) + batch
-        return _pmm_penalty(**local, head=head, **{**kw, "axis_name": axes or None})[0]
+        return unchecked_pmm_penalty(**local, head=head, **{**kw, "axis_name": axes or None})[0]
 
     return sharded.run_explicit(layout, per_device, arrays, sharded.batch_spec(layout))
 
@@ -424,12 +317,12 @@ def _pair_terms(logits, labels, kernel, where, head=None):
         return sharded.pair_terms(logits, labels, kernel, where, head)
     k = logits.shape[-1]
     competitors = _competitor_classes(logits, labels, k)
-    labels, competitors = _sanitize(labels, competitors, where, k)
-    kernel = _vary_like(kernel, labels, competitors)
+    labels, competitors = numerics.sanitize(labels, competitors, where, k)
+    kernel = numerics.vary_like(kernel, labels, competitors)
     return labels, competitors, _pair_sq_dist(kernel, labels, competitors)
 
 
-def _pmm_penalty(
+def unchecked_pmm_penalty(
     logits, labels, features, kernel, *, where, axis_name, stop_radius_gradient, head=None
 ):
     """Unchecked :func:`pmm_penalty`; also returns ``r^2`` and the pair terms.
@@ -438,7 +331,7 @@ def _pmm_penalty(
     split over mesh axes (class-parallel), else ``None``.
     """
     pair = _pair_terms(logits, labels, kernel, where, head)
-    r_sq = _radius_sq(features, where, axis_name)
+    r_sq = numerics.radius_sq(features, where, axis_name)
     if stop_radius_gradient:
         r_sq = lax.stop_gradient(r_sq)
     penalty = pair[2] * r_sq
@@ -500,28 +393,21 @@ def pairwise_margins(
     }
     layout = None if head is not None else sharded.explicit_layout(**arrays)
     if layout is None:
-        return _pairwise_margins(**arrays, head=head)
+        return unchecked_pairwise_margins(**arrays, head=head)
     return sharded.run_explicit(
         layout,
-        lambda head, batch, **local: _pairwise_margins(**local, head=head),
+        lambda head, batch, **local: unchecked_pairwise_margins(**local, head=head),
         arrays,
         sharded.batch_spec(layout),
     )
 
 
-def _pairwise_margins(logits, labels, kernel, *, radius=None, where=None, pair=None, head=None):
+def unchecked_pairwise_margins(
+    logits, labels, kernel, *, radius=None, where=None, pair=None, head=None
+):
     labels, competitors, sq_dist = pair or _pair_terms(logits, labels, kernel, where, head)
-    acc = _acc(logits.dtype)
+    acc = numerics.acc_dtype(logits.dtype)
     classes = head.logit_classes if head is not None else ()
     s_y = sharded.pick(logits, labels, classes).astype(acc)
     s_m = sharded.pick(logits, competitors, classes).astype(acc)
-    denom = _safe_sqrt(sq_dist)
-    if radius is not None:
-        denom = denom * jnp.asarray(radius, denom.dtype)
-    gap = s_y - s_m
-    ok = denom > 0
-    # No boundary (w_y = w_m) or a zero radius gives 0; NaN inputs give NaN, so that
-    # a fault is not hidden behind a plausible margin.
-    out = jnp.where(ok, gap / jnp.where(ok, denom, 1.0), jnp.where(jnp.isnan(denom), denom, 0.0))
-    out = jnp.where(jnp.isnan(gap), gap, out)
-    return out if where is None else jnp.where(where, out, 0.0)
+    return numerics.signed_distance(s_y - s_m, sq_dist, radius=radius, where=where)

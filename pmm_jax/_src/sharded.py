@@ -64,8 +64,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# A module object, not names: penalty.py imports this module while it initializes.
-from pmm_jax._src import penalty as _pen
+from pmm_jax._src import numerics
 
 Array = jax.Array
 _INT_MAX = np.iinfo(np.int32).max
@@ -158,7 +157,7 @@ def _psum_identical_fwd(x, axes):
 
 
 def _psum_identical_bwd(axes, like, g):
-    return (_pen._vary_like(g, like),)
+    return (numerics.vary_like(g, like),)
 
 
 psum_identical.defvjp(_psum_identical_fwd, _psum_identical_bwd)
@@ -172,11 +171,11 @@ def _batch_gather_axes(labels: Array, kernel: Array, head: HeadAxes) -> tuple:
     device needs every row its block contributes to). Empty with ``check_vma=False``, where
     nothing is known (the caller sums the data-parallel gradient, as always).
     """
-    rows = _pen._varying_axes(labels)
+    rows = numerics.varying_axes(labels)
     if not rows:
         return ()
     split = set(head.kernel_classes) | set(head.kernel_features)
-    kernel_vma = _pen._varying_axes(kernel)
+    kernel_vma = numerics.varying_axes(kernel)
     if rows & set(head.logit_classes):
         raise ValueError(
             f"`labels` vary over the class axis {head.logit_classes}: every device along "
@@ -233,7 +232,7 @@ def _pair_sq_dist_fwd(head, gather, n_local, kernel, labels, competitors):
     k_local = kernel.shape[1]
     labels, competitors = gather_rows(labels, gather), gather_rows(competitors, gather)
     offset = class_offset(head.kernel_classes, k_local)
-    acc = _pen._acc(kernel.dtype)
+    acc = numerics.acc_dtype(kernel.dtype)
     # Classes owned elsewhere get a sentinel id beyond the sorted assembly's drop slots.
     sentinel = k_local + 2 * labels.shape[0]
     cols, local_ids = [], []
@@ -256,21 +255,21 @@ def _pair_sq_dist_bwd(head, gather, n_local, res, g):
     diff, labels, competitors, like = res
     k_local = like.shape[1]
     contrib = (2.0 * gather_rows(g, gather))[None, :] * diff  # [d_f, B]
-    if k_local <= _pen._DENSE_GRAD_MAX_K:
-        grad = _pen._kernel_grad_dense(contrib, labels, competitors, k_local)
-    else:
-        grad = _pen._kernel_grad_sorted(contrib, labels, competitors, k_local)
-    return _pen._vary_like(grad.astype(like.dtype), like), None, None
+    grad = numerics.kernel_grad(contrib, labels, competitors, k_local)
+    return numerics.vary_like(grad.astype(like.dtype), like), None, None
 
 
 pair_sq_dist.defvjp(_pair_sq_dist_fwd, _pair_sq_dist_bwd)
 
 
 def pair_terms(logits, labels, kernel, where, head: HeadAxes):
-    """Class-parallel ``penalty._pair_terms``: competitors (global ids) and ``||w_y - w_m||^2``."""
+    """Class-parallel pair terms: competitors (global ids) and ``||w_y - w_m||^2``.
+
+    As ``penalty.py`` computes them on one device.
+    """
     competitors = competitor_classes(logits, labels, head.logit_classes)
     # Masked rows get the classes 0 and 1 (global ids; k >= 2), their result is zeroed.
-    labels, competitors = _pen._sanitize(labels, competitors, where, 2)
+    labels, competitors = numerics.sanitize(labels, competitors, where, 2)
     gather = _batch_gather_axes(labels, kernel, head)
     sq = pair_sq_dist(head, gather, labels.shape[0], kernel, labels, competitors)
     return labels, competitors, sq
@@ -282,7 +281,7 @@ def pair_terms(logits, labels, kernel, where, head: HeadAxes):
 def pick(logits: Array, idx: Array, axes: tuple) -> Array:
     """``logits[i, idx_i]`` for global class ids over class-sharded logits, ``[B]``."""
     if not axes:
-        return jnp.take_along_axis(logits, idx[:, None].astype(jnp.int32), axis=-1)[:, 0]
+        return numerics.pick(logits, idx)
     local, owned = _localize(idx, class_offset(axes, logits.shape[-1]), logits.shape[-1])
     vals = jnp.take_along_axis(logits, local[:, None], axis=-1)[:, 0]
     return psum_identical(jnp.where(owned, vals, jnp.zeros_like(vals)), axes)
@@ -295,7 +294,7 @@ def cross_entropy(logits: Array, labels: Array, axes: tuple) -> Array:
     minus the true-class logit from the device that owns it; as
     ``optax.losses.softmax_cross_entropy_with_integer_labels`` on the whole row.
     """
-    x = logits.astype(_pen._acc(logits.dtype))
+    x = logits.astype(numerics.acc_dtype(logits.dtype))
     top = lax.stop_gradient(jnp.max(x, axis=-1))
     if axes:
         top = lax.pmax(top, axes)
@@ -308,7 +307,7 @@ def cross_entropy(logits: Array, labels: Array, axes: tuple) -> Array:
 
 def multiclass_hinge(logits: Array, labels: Array, competitors: Array, axes: tuple) -> Array:
     """``max_j (s_j + 1 - [j = y]) - s_y = max(s_y, 1 + s_m) - s_y`` over class-sharded logits."""
-    x = logits.astype(_pen._acc(logits.dtype))
+    x = logits.astype(numerics.acc_dtype(logits.dtype))
     s_y, s_m = pick(x, labels, axes), pick(x, competitors, axes)
     return jnp.maximum(s_y, 1.0 + s_m) - s_y
 
@@ -381,9 +380,9 @@ def explicit_layout(
 
     Routed: a kernel sharded over any mesh axis, or logits sharded over classes, on a mesh
     with ``AxisType.Explicit`` axes. (An explicitly sharded batch with a replicated head
-    needs nothing of this: see ``penalty._batch_axes``. Under ``AxisType.Auto`` the types
-    carry no sharding and XLA partitions the global program; what it communicates there is
-    measured in ``docs/performance.md``.)
+    needs nothing of this: see ``_batch_axes`` in ``penalty.py``. Under ``AxisType.Auto``
+    the types carry no sharding and XLA partitions the global program; what it
+    communicates there is measured in ``docs/performance.md``.)
     """
     k_spec = _explicit_spec(kernel, 2)
     l_spec = _explicit_spec(logits, 2)

@@ -26,7 +26,7 @@ import optax
 from jax import lax
 
 import pmm_jax
-from pmm_jax._src.losses import masked_min, mean_share
+from pmm_jax._src.numerics import masked_min, mean_share
 from pmm_jax.training.state import TrainState
 
 Batch = dict[str, Any]
