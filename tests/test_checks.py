@@ -79,3 +79,60 @@ def test_validate_batch_under_jit_with_checkify():
     err, _ = checked(L, Y.at[1].set(9), F, K)
     with pytest.raises(checkify.JaxRuntimeError, match="row 1 holds 9"):
         err.throw()
+
+
+# --- Issue #22, case 5: a kernel passed transposed, which no shape check catches ---------
+
+
+def _square_head(dtype=jnp.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    d = k = 16
+    feats = jnp.asarray(rng.normal(size=(9, d)), dtype)
+    kernel = jnp.asarray(rng.normal(size=(d, k)) / 4, dtype)
+    bias = jnp.asarray(rng.normal(size=(k,)), dtype)
+    logits = feats @ kernel + bias
+    labels = jnp.asarray(rng.integers(0, k, 9))
+    return logits, labels, feats, kernel, bias
+
+
+def test_a_transposed_square_kernel_is_silently_wrong_in_the_penalty():
+    """The hazard: the shapes fit, the penalty is not that of the head."""
+    logits, labels, feats, kernel, _ = _square_head()
+    right = pmm_jax.pmm_penalty(logits, labels, feats, kernel)
+    wrong = pmm_jax.pmm_penalty(logits, labels, feats, kernel.T)
+    assert not np.allclose(right, wrong, rtol=0.1)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_validate_batch_bias_catches_a_transposed_square_kernel(jit):
+    logits, labels, feats, kernel, bias = _square_head()
+
+    def check(kernel, bias):
+        pmm_jax.validate_batch(logits, labels, features=feats, kernel=kernel, bias=bias)
+
+    run = (lambda *a: jax.jit(checkify.checkify(check))(*a)[0].throw()) if jit else check
+    run(kernel, bias)  # the head that made the logits passes
+    with pytest.raises(checkify.JaxRuntimeError, match=r"passed transposed .*pass its \.T"):
+        run(kernel.T, bias)
+    with pytest.raises(checkify.JaxRuntimeError, match="not `features @ kernel \\+ bias`"):
+        run(kernel, jnp.zeros_like(bias) + 1.0)  # another bias: another head
+
+
+def test_validate_batch_bias_tolerates_bf16_and_masks_rows():
+    logits, labels, feats, kernel, bias = _square_head(jnp.bfloat16, seed=1)
+    pmm_jax.validate_batch(logits, labels, features=feats, kernel=kernel, bias=bias)
+    bad = logits.at[3].add(100.0)  # row 3 is not this head's, but it is masked
+    where = jnp.arange(9) != 3
+    pmm_jax.validate_batch(bad, labels, features=feats, kernel=kernel, bias=bias, where=where)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"\(row 3\)"):
+        pmm_jax.validate_batch(bad, labels, features=feats, kernel=kernel, bias=bias, num_rows=9)
+    # No bias: 0.0 says so.
+    pmm_jax.validate_batch(feats @ kernel, labels, features=feats, kernel=kernel, bias=0.0)
+
+
+def test_validate_batch_bias_needs_features_and_kernel():
+    logits, labels, feats, kernel, bias = _square_head()
+    with pytest.raises(ValueError, match="pass `features` and `kernel` too"):
+        pmm_jax.validate_batch(logits, labels, kernel=kernel, bias=bias)
+    with pytest.raises(ValueError, match=r"`bias` must be float\[16\]"):
+        pmm_jax.validate_batch(logits, labels, features=feats, kernel=kernel, bias=bias[:3])

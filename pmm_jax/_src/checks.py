@@ -220,11 +220,17 @@ def check_where(where, batch: int) -> None:
         )
 
 
-def validate_batch(logits, labels, *, features=None, kernel=None, where=None) -> None:
+def validate_batch(
+    logits, labels, *, features=None, kernel=None, bias=None, where=None, num_rows: int = 8
+) -> None:
     """Value checks that jit cannot do at trace time (the checked mode).
 
     Checks, on the rows selected by ``where`` (all rows by default), that labels lie
-    in ``[0, k)`` and that ``logits``, ``features`` and ``kernel`` are finite.
+    in ``[0, k)`` and that ``logits``, ``features`` and ``kernel`` are finite. With
+    ``bias`` (and ``features`` and ``kernel``), also that the logits are those of
+    this head, ``logits ~ features @ kernel + bias``, on ``num_rows`` evenly spaced
+    rows: this catches a kernel passed transposed when ``d == k`` (which no shape
+    check can), a kernel of another layer, or features taken after the head.
     Shapes and dtypes are checked too, as in every public function.
 
     Use it eagerly, where it raises at once::
@@ -247,7 +253,13 @@ def validate_batch(logits, labels, *, features=None, kernel=None, where=None) ->
         labels: ``int[B]`` class indices.
         features: optional ``float[B, d]`` penultimate features.
         kernel: optional ``float[d, k]`` last-layer kernel.
+        bias: optional ``float[k]`` last-layer bias, or ``0.0`` for a head without
+          one: turns on the logits check. Tolerance, per entry: ``|logits - features
+          @ kernel - bias| <= rtol * (|features| @ |kernel| + |bias|) + 1e-6``, with
+          ``rtol`` 2e-3 for float32 inputs (TF32 matmuls on GPUs) and 2e-2 for
+          bf16/f16 ones; a transposed or foreign kernel misses it by ~``sqrt(2 / d)``.
         where: optional ``bool[B]`` mask of real examples.
+        num_rows: how many rows the logits check recomputes (at most ``B``).
 
     Raises:
         TypeError, ValueError: wrong dtypes or shapes (at trace time).
@@ -280,3 +292,36 @@ def validate_batch(logits, labels, *, features=None, kernel=None, where=None) ->
         checkify.check(jnp.all(ok), f"`{name}` has NaN/Inf in row {{row}}", row=jnp.argmin(ok))
     if kernel is not None:
         checkify.check(jnp.all(jnp.isfinite(jnp.asarray(kernel))), "`kernel` has NaN/Inf entries")
+    if bias is not None:
+        if features is None or kernel is None:
+            raise ValueError(
+                "`bias` checks the logits against `features @ kernel + bias`: "
+                "pass `features` and `kernel` too."
+            )
+        _check_head_logits(logits, features, kernel, bias, valid, num_rows)
+
+
+def _check_head_logits(logits, features, kernel, bias, valid, num_rows: int) -> None:
+    """``logits ~ features @ kernel + bias`` on ``num_rows`` evenly spaced valid rows."""
+    batch, k = _shape_of(logits)
+    if _shape_of(bias) not in ((), (k,)):
+        raise ValueError(f"`bias` must be float[{k}] (or 0.0); got shape {_shape_of(bias)}.")
+    bias = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), (k,))
+    low = any(np.dtype(_dtype_of(x)).itemsize < 4 for x in (logits, features, kernel))
+    rtol = 2e-2 if low else 2e-3
+    rows = np.unique(np.linspace(0, batch - 1, min(max(num_rows, 1), batch)).astype(int))
+    f = jnp.asarray(features)[rows].astype(jnp.float32)
+    w = jnp.asarray(kernel).astype(jnp.float32)
+    got = jnp.asarray(logits)[rows].astype(jnp.float32)
+    want = jnp.matmul(f, w, precision="highest") + bias
+    scale = jnp.matmul(jnp.abs(f), jnp.abs(w), precision="highest") + jnp.abs(bias)
+    ok = (jnp.abs(got - want) <= rtol * scale + 1e-6) | ~jnp.asarray(valid)[rows, None]
+    row_ok = jnp.all(ok, axis=-1)
+    checkify.check(
+        jnp.all(row_ok),
+        "`logits` are not `features @ kernel + bias` (row {row}): the kernel is not the "
+        "head's that produced the logits -- passed transposed ([k, d] of a square head, "
+        "e.g. PyTorch's Linear.weight: pass its .T), or of another layer, or the features "
+        "are not the head's input",
+        row=jnp.asarray(rows)[jnp.argmin(row_ok)],
+    )

@@ -225,7 +225,12 @@ def pmm_loss(
       logits: ``float[B, k]``.
       labels: ``int[B]``.
       features: ``float[B, d]`` the head's input.
-      kernel: ``float[d, k]`` the head's kernel.
+      kernel: ``float[d, k]`` the head's kernel (flax ``nn.Dense`` layout).
+        It must be the kernel that produced ``logits`` (``logits = features @ kernel
+        + bias``), in this layout: a PyTorch ``Linear.weight`` is ``[k, d]``, pass its
+        transpose. A transposed kernel fails the shape check unless ``d == k``; for a
+        square head no shape check can tell, and the result is silently wrong: check
+        once with ``validate_batch(logits, labels, features=, kernel=, bias=)``.
       alpha: a float ``>= 0``, or an optax schedule ``step -> alpha`` (then
         ``step`` is required), e.g. :func:`pmm_jax.linear_alpha_schedule`.
         ``None`` is an error: use ``0.0``, or ``make_train_step(alpha=None)``.

@@ -255,6 +255,11 @@ def pmm_penalty(
       labels: ``int[B]`` true classes (global ids under ``class_axis_name``).
       features: ``float[B, d]`` the last layer's input ``phi``.
       kernel: ``float[d, k]`` the last layer's kernel (flax ``nn.Dense`` layout).
+        It must be the kernel that produced ``logits`` (``logits = features @ kernel
+        + bias``), in this layout: a PyTorch ``Linear.weight`` is ``[k, d]``, pass its
+        transpose. A transposed kernel fails the shape check unless ``d == k``; for a
+        square head no shape check can tell, and the result is silently wrong: check
+        once with ``validate_batch(logits, labels, features=, kernel=, bias=)``.
       where: optional ``bool[B]``: ``False`` rows (padding) give 0 and are left
         out of ``r``.
       axis_name: mapped axis (``pmap``/``shard_map``) the batch is split over;
@@ -364,7 +369,12 @@ def pairwise_margins(
     Args:
       logits: ``float[B, k]`` scores.
       labels: ``int[B]`` true classes.
-      kernel: ``float[d, k]`` last-layer kernel.
+      kernel: ``float[d, k]`` last-layer kernel (flax ``nn.Dense`` layout).
+        It must be the kernel that produced ``logits`` (``logits = features @ kernel
+        + bias``), in this layout: a PyTorch ``Linear.weight`` is ``[k, d]``, pass its
+        transpose. A transposed kernel fails the shape check unless ``d == k``; for a
+        square head no shape check can tell, and the result is silently wrong: check
+        once with ``validate_batch(logits, labels, features=, kernel=, bias=)``.
       radius: optional scalar to divide by (e.g. :func:`feature_radius`).
       where: optional ``bool[B]``; ``False`` rows give 0.
       class_axis_name: mapped axis the classes are split over (``logits`` and
