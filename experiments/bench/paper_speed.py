@@ -128,7 +128,7 @@ def throughput(runs: int, step_ms: float) -> dict:
 
 
 def default_runs(backend: str) -> tuple[int, ...]:
-    """R in {1, 2} on CPU (a ResNet-44 step takes about a second there), else {1, 2, 10}."""
+    """R in {1, 2} on CPU, where a ResNet-44 step is slow (``docs/gpu.md``), else {1, 2, 10}."""
     return (1, 2) if backend == "cpu" else (1, 2, 10)
 
 
