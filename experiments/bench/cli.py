@@ -162,6 +162,33 @@ def main(argv=None):
     if argv and argv[0] in MODES:
         # Imported only now: ``profile`` must set XLA_FLAGS before JAX starts.
         return importlib.import_module(MODES[argv[0]]).main(argv[1:])
+    args = _parser().parse_args(argv)
+    threads = set_threads(args.threads)
+    if not args.no_peer and "torch" not in sys.modules:
+        # PyTorch's OpenMP threads otherwise spin-wait between parallel regions,
+        # which on a machine shared with other jobs slows its steps several times
+        # (docs/performance.md). Passive waiting is the peer's better setting
+        # there, so it is what we compare to.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    start = time.perf_counter()
+
+    from experiments.bench.timing import write_result
+
+    result = _header(args, threads)
+    names = args.only or list(DEFAULT)
+    step_names = [n for n in names if n in STEP_WORKLOADS]
+    if step_names:
+        print(f"[bench] train steps: {', '.join(step_names)}", flush=True)
+        _steps(step_names, args, result)
+    for name, fn in (("penalty", _penalty), ("vision", _vision)):
+        if name in names:
+            print(f"[bench] {name}", flush=True)
+            fn(args, result)
+    write_result(result, args.out, start)
+    print(f"[bench] wrote {args.out} ({result['wall_s']:.0f} s)")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__.splitlines()[0],
@@ -195,23 +222,18 @@ def main(argv=None):
         type=lambda text: tuple(int(k) for k in text.split(",")),
         help="class counts for the penalty-vs-k table, e.g. 10,1000",
     )
-    args = parser.parse_args(argv)
-    threads = set_threads(args.threads)
-    if not args.no_peer and "torch" not in sys.modules:
-        # PyTorch's OpenMP threads otherwise spin-wait between parallel regions;
-        # on a machine shared with other jobs that makes its steps several times
-        # slower (measured here: ResNet-44 b128 2.9 s vs 0.8 s at load ~5). Passive
-        # waiting is the peer's better setting here, so it is what we compare to.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    start = time.perf_counter()
+    return parser
 
+
+def _header(args, threads: dict) -> dict:
+    """The result before any workload: where it runs, the threads, the empty lists."""
     import jax
 
-    from experiments.bench.timing import device_name, load_average, write_result
+    from experiments.bench.timing import device_name, load_average
 
     threads["torch"] = args.threads
     threads["torch_env"] = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
-    result = {
+    return {
         "device": device_name(),
         "jax": jax.__version__,
         "python": platform.python_version(),
@@ -224,14 +246,3 @@ def main(argv=None):
         "peers": [],
         "skipped": [],
     }
-    names = args.only or list(DEFAULT)
-    step_names = [n for n in names if n in STEP_WORKLOADS]
-    if step_names:
-        print(f"[bench] train steps: {', '.join(step_names)}", flush=True)
-        _steps(step_names, args, result)
-    for name, fn in (("penalty", _penalty), ("vision", _vision)):
-        if name in names:
-            print(f"[bench] {name}", flush=True)
-            fn(args, result)
-    write_result(result, args.out, start)
-    print(f"[bench] wrote {args.out} ({result['wall_s']:.0f} s)")

@@ -12,7 +12,7 @@ same config with ``pmm.alpha_schedule="none"``): each method's ``Trainee`` from
 ``experiments.run.build.build`` (given a stand-in CIFAR-10 ``Dataset``: same shapes,
 classes, training-set size and preprocess, no records), their one-run steps
 combined by ``experiments.run.forms.program`` in one of its modes (``vmap``,
-``unroll``, ``sequential``; ``experiments/runs.py``), fed blocks ``{"x":
+``unroll``, ``sequential`` and their ``_loop`` forms), fed blocks ``{"x":
 uint8[steps, seeds, 64, 32, 32, 3], "y": int32[steps, seeds, 64]}`` of random
 data made on the device once (no host copy in the timed loop).
 
@@ -128,7 +128,7 @@ def throughput(runs: int, step_ms: float) -> dict:
 
 
 def default_runs(backend: str) -> tuple[int, ...]:
-    """R in {1, 2} on CPU (a ResNet-44 step takes about a second there), else {1, 2, 10}."""
+    """R in {1, 2} on CPU, where a ResNet-44 step is slow (``docs/gpu.md``), else {1, 2, 10}."""
     return (1, 2) if backend == "cpu" else (1, 2, 10)
 
 
@@ -352,42 +352,48 @@ def _tail(text: str | bytes | None, n: int = 600) -> str:
     return (text or "")[-n:]
 
 
+def _child_command(args, out: str, *, runs, modes, dtypes) -> list[str]:
+    """The command line of :func:`run_child_rows`' child, writing its JSON to ``out``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench",
+        "paper-speed",
+        "--out",
+        out,
+        "--runs",
+        ",".join(map(str, runs)),
+        "--modes",
+        ",".join(modes),
+        "--dtypes",
+        ",".join(dtypes),
+        "--steps-per-call",
+        str(args.steps_per_call),
+        "--reps",
+        str(args.reps),
+        "--row-time",
+        str(args.row_time),
+        "--peer",
+        "none",
+        "--isolate",
+        "none",
+        "--xla-variants",
+        "none",
+        "--no-reference",
+        "--allow-slow-compile",
+        *(["--tiny"] if args.tiny else []),
+    ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return cmd
+
+
 def run_child_rows(args, *, runs, modes, dtypes, timeout: float, xla_flags: str = "") -> dict:
     """This benchmark in a child process (the given rows only, no peer, nothing isolated):
     ``{"rows": [...], "skipped": [...]}`` or ``{"error": ...}``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "child.json")
-        cmd = [
-            sys.executable,
-            "-m",
-            "experiments.bench",
-            "paper-speed",
-            "--out",
-            out,
-            "--runs",
-            ",".join(map(str, runs)),
-            "--modes",
-            ",".join(modes),
-            "--dtypes",
-            ",".join(dtypes),
-            "--steps-per-call",
-            str(args.steps_per_call),
-            "--reps",
-            str(args.reps),
-            "--row-time",
-            str(args.row_time),
-            "--peer",
-            "none",
-            "--isolate",
-            "none",
-            "--xla-variants",
-            "none",
-            "--no-reference",
-            "--allow-slow-compile",
-            *(["--tiny"] if args.tiny else []),
-        ]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
+        cmd = _child_command(args, out, runs=runs, modes=modes, dtypes=dtypes)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(
@@ -617,6 +623,43 @@ def comparisons(rows) -> list[dict]:
 def main(argv=None):
     """Runs the benchmark (module docstring); writes ``--out``."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    start = time.perf_counter()
+    from experiments.bench.cli import set_threads
+
+    threads = set_threads(args.threads or os.cpu_count())
+
+    import jax
+
+    from pmm_jax import training
+
+    backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
+    _fill_defaults(args, backend)
+    result = _header(args, argv, backend, threads)
+    _choose_peer(args, backend, result)
+    tasks, skipped = plan(args, backend)
+    result["skipped"] += skipped
+    session = _Session(args, result, start, training.make_mesh(), backend)
+    print(f"[paper-speed] {len(tasks)} pieces of work on {result['device']}", flush=True)
+    for task in tasks:
+        session.run(task)
+    session.write()
+    for c in result["comparisons"]:
+        print(
+            f"  {c['name']:34s} {c['ratio']:.3f} x {c['runs']} separate runs"
+            f" ({c['step_ms']:.1f} vs {c['separate_runs_ms']:.1f} ms)",
+            flush=True,
+        )
+    print(f"[paper-speed] wrote {args.out} ({result['wall_s']:.0f} s)", flush=True)
+    return result
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    """A comma-separated list; ``none`` names nothing."""
+    return tuple(x.strip() for x in text.split(",") if x.strip() != "none")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=__doc__.splitlines()[0],
@@ -624,6 +667,13 @@ def main(argv=None):
         epilog="See experiments/bench/paper_speed.py's docstring for what each field means.",
     )
     parser.add_argument("--out", required=True, help="JSON file to write")
+    _add_row_arguments(parser)
+    _add_work_arguments(parser)
+    return parser
+
+
+def _add_row_arguments(parser):
+    """The flags of what a row is and how long it is timed."""
     parser.add_argument(
         "--runs", type=_ints, default=None, help="R values, e.g. 1,2,10 (CPU default 1,2)"
     )
@@ -645,9 +695,13 @@ def main(argv=None):
     parser.add_argument(
         "--max-time", type=float, default=None, help="no new row or peer started after this (s)"
     )
+
+
+def _add_work_arguments(parser):
+    """The flags of which work runs, where, and under which time limits."""
     parser.add_argument(
         "--isolate",
-        type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip() != "none"),
+        type=_variants,
         default=("unroll:10",),
         help="MODE:R rows (or 'all') run in a child process under --row-timeout",
     )
@@ -663,7 +717,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--peer",
-        type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip() != "none"),
+        type=_variants,
         default=None,
         help="PyTorch peer variants (none to skip; CPU default eager, CUDA: eager, "
         "reduce-overhead, max-autotune-no-cudagraphs)",
@@ -679,24 +733,23 @@ def main(argv=None):
         action="store_false",
         help="skip the R=1 no-scan reference rows (one jitted step per Python-loop step)",
     )
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    from experiments.bench.cli import set_threads
 
-    threads = set_threads(args.threads or os.cpu_count())
 
-    import jax
-
-    from experiments.bench import torch_peer
-    from experiments.bench.timing import device_name, load_average, write_result
-    from pmm_jax import training
-
-    backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
+def _fill_defaults(args, backend: str) -> None:
+    """The backend's default runs and steps per call; every R checked."""
     args.runs = args.runs or default_runs(backend)
     for r in args.runs:
         layout(r)
     args.steps_per_call = args.steps_per_call or (2 if backend == "cpu" else 50)
-    result = {
+
+
+def _header(args, argv, backend: str, threads: dict) -> dict:
+    """The result before any work: what ran, where, and the empty lists."""
+    import jax
+
+    from experiments.bench.timing import device_name, load_average
+
+    return {
         "device": device_name(),
         "jax": jax.__version__,
         "python": platform.python_version(),
@@ -712,7 +765,12 @@ def main(argv=None):
         "comparisons": [],
         "skipped": [],
     }
-    peer_device = "cpu" if backend == "cpu" else "cuda"
+
+
+def _choose_peer(args, backend: str, result: dict) -> None:
+    """``args.peer``: the backend's default variants, or none where PyTorch cannot run."""
+    from experiments.bench import torch_peer
+
     if args.peer is None:
         args.peer = tuple(PEER_DEFAULT[backend].split(","))
     if args.peer and not torch_peer.available():
@@ -727,107 +785,114 @@ def main(argv=None):
             " takes about a minute on a 2-core machine, and a try here was no faster than"
             " eager (--peer eager,compile runs it)"
         )
-    tasks, skipped = plan(args, backend)
-    result["skipped"] += skipped
-    mesh = training.make_mesh()
-    peer_variants: list[dict] = []
 
-    def write():
+
+class _Session:
+    """Runs the planned tasks one by one into ``result``, rewriting ``--out`` after each."""
+
+    def __init__(self, args, result: dict, start: float, mesh, backend: str):
+        self.args, self.result, self.start, self.mesh = args, result, start, mesh
+        self.peer_device = "cpu" if backend == "cpu" else "cuda"
+        self.peer_variants: list[dict] = []
+
+    def write(self):
+        """The result so far, with its rows sorted, comparisons and peer row, to ``--out``."""
+        from experiments.bench.timing import write_result
+
+        result = self.result
         result["rows"] = _sort_rows(result["rows"])
         result["comparisons"] = comparisons(result["rows"])
-        row = peer_row(peer_variants, args.tiny)
+        row = peer_row(self.peer_variants, self.args.tiny)
         result["peers"] = [row] if row else []
-        result["peer_variants_failed"] = [v for v in peer_variants if "error" in v]
-        write_result(result, args.out, start)
+        result["peer_variants_failed"] = [v for v in self.peer_variants if "error" in v]
+        write_result(result, self.args.out, self.start)
 
-    print(f"[paper-speed] {len(tasks)} pieces of work on {result['device']}", flush=True)
-    for task in tasks:
-        elapsed = time.perf_counter() - start
-        name = task_name(task, args.tiny)
-        if args.max_time is not None and elapsed > args.max_time:
-            result["skipped"].append(
-                {"name": name, "reason": f"--max-time {args.max_time:.0f} s reached"}
+    def run(self, task: tuple):
+        """One task, or its ``skipped`` entry once ``--max-time`` has passed."""
+        elapsed = time.perf_counter() - self.start
+        name = task_name(task, self.args.tiny)
+        max_time = self.args.max_time
+        if max_time is not None and elapsed > max_time:
+            self.skip(name, f"--max-time {max_time:.0f} s reached", echo=False)
+            return
+        getattr(self, task[0])(task, name)  # row, child, xla or peer
+        self.write()
+
+    def skip(self, name: str, reason: str, *, echo: bool = True):
+        self.result["skipped"].append({"name": name, "reason": reason})
+        if echo:
+            print(f"  {name}: {reason}", flush=True)
+
+    def add_row(self, row: dict):
+        self.result["rows"].append(row)
+        _print_row(row)
+
+    def row(self, task, name):
+        _, runs, mode, dtype = task
+        args = self.args
+        try:
+            row = time_row(
+                runs,
+                mode,
+                dtype,
+                steps_per_call=args.steps_per_call,
+                reps=args.reps,
+                row_time=args.row_time,
+                tiny=args.tiny,
+                mesh=self.mesh,
             )
-            continue
-        kind = task[0]
-        if kind == "row":
-            _, runs, mode, dtype = task
-            try:
-                row = time_row(
-                    runs,
-                    mode,
-                    dtype,
-                    steps_per_call=args.steps_per_call,
-                    reps=args.reps,
-                    row_time=args.row_time,
-                    tiny=args.tiny,
-                    mesh=mesh,
-                )
-            except Exception as e:  # recorded; the other rows still run
-                result["skipped"].append({"name": name, "reason": f"failed: {e!r}"[:600]})
-                print(f"  {name}: failed: {e!r}"[:300], flush=True)
-                write()
-                continue
-            result["rows"].append(row)
-            _print_row(row)
-        elif kind == "child":
-            _, runs, mode, dtype = task
-            child = run_child_rows(
-                args, runs=(runs,), modes=(mode,), dtypes=(dtype,), timeout=args.row_timeout
-            )
-            for row in child.get("rows", []):
-                row["isolated"] = True
-                result["rows"].append(row)
-                _print_row(row)
-            if "error" in child or not child.get("rows"):
-                reason = child.get("error", "no row") + ": " + child.get("stderr_tail", "")[-300:]
-                result["skipped"].append({"name": name, "reason": reason})
-                print(f"  {name}: {reason}", flush=True)
-        elif kind == "xla":
-            variant = task[1]
-            flags = XLA_VARIANTS[variant]
-            child = run_child_rows(
-                args,
-                runs=args.runs,
-                modes=("vmap",),
-                dtypes=("float32",),
-                timeout=args.row_timeout,
-                xla_flags=flags,
-            )
-            for row in child.get("rows", []):
-                row["xla_variant"] = variant
-                row["xla_flags"] = flags
-                row["name"] += f"_{variant}"
-                result["rows"].append(row)
-                _print_row(row)
-            if "error" in child:
-                reason = child["error"] + ": " + child.get("stderr_tail", "")[-300:]
-                result["skipped"].append({"name": name, "reason": reason})
-                print(f"  {name}: {reason}", flush=True)
-        elif kind == "peer":
-            variant = task[1]
-            out = run_peer_variant(
-                variant, device=peer_device, args=args, timeout=args.peer_timeout
-            )
-            peer_variants.append(out)
-            if "error" in out:
-                print(f"  torch {variant}: {out['error']}", flush=True)
-            else:
-                print(
-                    f"  torch {variant:28s} step {out['step_ms']:9.2f} ms"
-                    f" | first call {out['first_call_s']:.1f} s",
-                    flush=True,
-                )
-        write()
-    write()
-    for c in result["comparisons"]:
-        print(
-            f"  {c['name']:34s} {c['ratio']:.3f} x {c['runs']} separate runs"
-            f" ({c['step_ms']:.1f} vs {c['separate_runs_ms']:.1f} ms)",
-            flush=True,
+        except Exception as e:  # recorded; the other rows still run
+            self.result["skipped"].append({"name": name, "reason": f"failed: {e!r}"[:600]})
+            print(f"  {name}: failed: {e!r}"[:300], flush=True)
+            return
+        self.add_row(row)
+
+    def child(self, task, name):
+        _, runs, mode, dtype = task
+        child = run_child_rows(
+            self.args, runs=(runs,), modes=(mode,), dtypes=(dtype,), timeout=self.args.row_timeout
         )
-    print(f"[paper-speed] wrote {args.out} ({result['wall_s']:.0f} s)", flush=True)
-    return result
+        for row in child.get("rows", []):
+            row["isolated"] = True
+            self.add_row(row)
+        if "error" in child or not child.get("rows"):
+            self.skip(
+                name, child.get("error", "no row") + ": " + child.get("stderr_tail", "")[-300:]
+            )
+
+    def xla(self, task, name):
+        variant = task[1]
+        flags = XLA_VARIANTS[variant]
+        child = run_child_rows(
+            self.args,
+            runs=self.args.runs,
+            modes=("vmap",),
+            dtypes=("float32",),
+            timeout=self.args.row_timeout,
+            xla_flags=flags,
+        )
+        for row in child.get("rows", []):
+            row["xla_variant"] = variant
+            row["xla_flags"] = flags
+            row["name"] += f"_{variant}"
+            self.add_row(row)
+        if "error" in child:
+            self.skip(name, child["error"] + ": " + child.get("stderr_tail", "")[-300:])
+
+    def peer(self, task, name):
+        variant = task[1]
+        out = run_peer_variant(
+            variant, device=self.peer_device, args=self.args, timeout=self.args.peer_timeout
+        )
+        self.peer_variants.append(out)
+        if "error" in out:
+            print(f"  torch {variant}: {out['error']}", flush=True)
+        else:
+            print(
+                f"  torch {variant:28s} step {out['step_ms']:9.2f} ms"
+                f" | first call {out['first_call_s']:.1f} s",
+                flush=True,
+            )
 
 
 def _print_row(row):

@@ -39,44 +39,9 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
     ).strip()
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-
-    from experiments.bench import steps
-    from pmm_jax import training
-
-    [w] = [w for w, r in steps.workloads("cpu", full=True) if not r and w.name == args.workload]
-    rng = np.random.default_rng(0)
-    x = jax.tree.map(jnp.asarray, w.make_x(rng, w.batch))
-    batch = {"x": x, "y": jnp.asarray(rng.integers(0, w.num_classes, w.batch), jnp.int32)}
-    state = training.create_train_state(w.model(), optax.sgd(steps.LR, momentum=steps.MOMENTUM), x)
-    step = training.make_train_step(alpha=args.alpha, margin_metrics=False)
-    compiled, _, temp_mb = steps.compile_step(step, state, batch)
-    hlo = compiled.as_text()
-    for _ in range(2):
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp):
-            for _ in range(args.steps):
-                state, metrics = compiled(state, batch)
-                jax.block_until_ready((state, metrics))
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
-        [path] = glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True)
-        profile = jax.profiler.ProfileData.from_file(path)
-    per_op = collections.Counter()
-    for plane in profile.planes:
-        for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):
-                continue
-            for event in line.events:
-                if "ThunkExecutor" in event.name or event.name.startswith("end:"):
-                    continue
-                per_op[event.name] += event.duration_ns / 1e6 / args.steps
+    w, compiled, state, batch, temp_mb = _compiled_step(args.workload, args.alpha)
+    profile, faults = _trace(compiled, state, batch, args.steps)
+    per_op = _thread_ms_per_op(profile, args.steps)
     per_kind = collections.Counter()
     for name, ms in per_op.items():
         per_kind[re.sub(r"\.\d+$", "", name)] += ms
@@ -88,7 +53,61 @@ def main(argv=None):
     for kind, ms in per_kind.most_common(args.top):
         print(f"  {ms:9.1f} ms {100 * ms / total:5.1f}%  {kind}")
     print("  top operations:")
+    hlo = compiled.as_text()
     for name, ms in per_op.most_common(args.top):
         m = re.search(r"%" + re.escape(name) + r" = (\S+) fusion\(([^)]*)\)", hlo)
         shape, inputs = (m.group(1), len(m.group(2).split(","))) if m else ("", 0)
         print(f"  {ms:9.1f} ms  {name}  {shape}  ({inputs} fused inputs)")
+
+
+def _compiled_step(workload: str, alpha):
+    """``(workload, compiled step, state, batch, scratch MiB)`` of the named benchmark row,
+    the step called twice (the warm-up)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from experiments.bench import steps
+    from pmm_jax import training
+
+    [w] = [w for w, r in steps.workloads("cpu", full=True) if not r and w.name == workload]
+    rng = np.random.default_rng(0)
+    x = jax.tree.map(jnp.asarray, w.make_x(rng, w.batch))
+    batch = {"x": x, "y": jnp.asarray(rng.integers(0, w.num_classes, w.batch), jnp.int32)}
+    state = training.create_train_state(w.model(), optax.sgd(steps.LR, momentum=steps.MOMENTUM), x)
+    step = training.make_train_step(alpha=alpha, margin_metrics=False)
+    compiled, _, temp_mb = steps.compile_step(step, state, batch)
+    for _ in range(2):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    return w, compiled, state, batch, temp_mb
+
+
+def _trace(compiled, state, batch, steps: int):
+    """``(profile, minor page faults per step)`` of ``steps`` steps under ``jax.profiler``."""
+    import jax
+
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp):
+            for _ in range(steps):
+                state, metrics = compiled(state, batch)
+                jax.block_until_ready((state, metrics))
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
+        [path] = glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True)
+        return jax.profiler.ProfileData.from_file(path), faults
+
+
+def _thread_ms_per_op(profile, steps: int) -> collections.Counter:
+    """ms per step of each XLA operation, summed over the XLA:CPU worker threads."""
+    per_op = collections.Counter()
+    for plane in profile.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):
+                continue
+            for event in line.events:
+                if "ThunkExecutor" in event.name or event.name.startswith("end:"):
+                    continue
+                per_op[event.name] += event.duration_ns / 1e6 / steps
+    return per_op

@@ -142,6 +142,16 @@ def largest_dim(found: list[dict]) -> int:
 # --- the four forms -----------------------------------------------------------------------
 
 
+# The inputs' partition specs: kernel, features, labels, weights, logits.
+_SPECS = (
+    (None, "model"),
+    ("data", None),
+    ("data",),
+    ("data",),
+    ("data", "model"),
+)
+
+
 def _forms(mesh_shape, batch, dim, k, seed=0):
     """The four jitted forward + backward functions, each with a maker of its inputs.
 
@@ -151,94 +161,113 @@ def _forms(mesh_shape, batch, dim, k, seed=0):
     which drawing it whole on the devices would need several times over).
     """
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax import lax
-    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import AxisType
     from jax.sharding import PartitionSpec as P
-
-    import pmm_jax
-
-    specs = (P(None, "model"), P("data", None), P("data"), P("data"), P("data", "model"))
-    shapes = ((dim, k), (batch, dim), (batch,), (batch,), (batch, k))
-    dtypes = (jnp.float32, jnp.float32, jnp.int32, jnp.float32, jnp.float32)
-
-    def inputs_on(mesh):
-        shardings = [NamedSharding(mesh, spec) for spec in specs]
-        abstract = tuple(
-            jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-            for shape, dtype, sharding in zip(shapes, dtypes, shardings, strict=True)
-        )
-
-        def make():
-            rng = np.random.default_rng(seed)
-            feats = rng.standard_normal((batch, dim), dtype=np.float32)
-            labels = rng.integers(0, k, batch).astype(np.int32)
-            weights = np.arange(1.0, 1.0 + batch, dtype=np.float32)
-
-            def kernel_block(index):  # each device's columns, drawn on the host per block
-                cols = index[1]
-                start = cols.start or 0
-                block = np.random.default_rng((seed, start)).standard_normal(
-                    (dim, (cols.stop or k) - start), dtype=np.float32
-                )
-                return block / np.float32(np.sqrt(dim))
-
-            head = jax.jit(lambda f, w: f @ w, out_shardings=shardings[4])
-            with jax.set_mesh(mesh):
-                kernel = jax.make_array_from_callback((dim, k), shardings[0], kernel_block)
-                host = (feats, labels, weights)
-                feats, labels, weights = (
-                    jax.device_put(x, sh) for x, sh in zip(host, shardings[1:4], strict=True)
-                )
-                return kernel, feats, labels, weights, head(feats, kernel)
-
-        return abstract, make
-
-    def global_step(kernel, feats, labels, weights, logits):
-        def objective(kernel, feats):
-            pen = pmm_jax.pmm_penalty(logits, labels, feats, kernel)
-            return jnp.sum(pen * weights)
-
-        return jax.value_and_grad(objective, (0, 1))(kernel, feats)
-
-    def local_step(gathered):
-        def step(kernel, feats, labels, weights, logits):
-            def objective(kernel, feats):
-                if gathered:
-                    full = lax.all_gather(kernel, "model", axis=1, tiled=True)
-                    scores = lax.all_gather(logits, "model", axis=1, tiled=True)
-                    pen = pmm_jax.pmm_penalty(scores, labels, feats, full, axis_name="data")
-                    # Each model device computed the whole value: count it once (the
-                    # all-gather's transpose sums the kernel gradients over "model").
-                    return lax.pmean(jnp.sum(pen * weights), "model")
-                pen = pmm_jax.pmm_penalty(
-                    logits, labels, feats, kernel, axis_name="data", class_axis_name="model"
-                )
-                return jnp.sum(pen * weights)
-
-            value, grads = jax.value_and_grad(objective, (0, 1))(kernel, feats)
-            return lax.psum(value, "data"), grads
-
-        return step
 
     meshes = {
         kind: jax.make_mesh(mesh_shape, ("data", "model"), axis_types=(kind, kind))
         for kind in (AxisType.Explicit, AxisType.Auto)
     }
-    explicit = inputs_on(meshes[AxisType.Explicit])
+    explicit = _inputs_on(meshes[AxisType.Explicit], batch, dim, k, seed)
     forms = {}
     for name, gathered in (("class_parallel", False), ("all_gathered", True)):
         fn = jax.shard_map(
-            local_step(gathered),
+            _local_step(gathered),
             mesh=meshes[AxisType.Explicit],
-            in_specs=specs,
+            in_specs=tuple(P(*spec) for spec in _SPECS),
             out_specs=(P(), (P(None, "model"), P("data", None))),
         )
         forms[name] = (jax.jit(fn), *explicit)
-    forms["explicit_jit"] = (jax.jit(global_step), *explicit)
-    forms["auto_jit"] = (jax.jit(global_step), *inputs_on(meshes[AxisType.Auto]))
+    forms["explicit_jit"] = (jax.jit(_global_step), *explicit)
+    auto = _inputs_on(meshes[AxisType.Auto], batch, dim, k, seed)
+    forms["auto_jit"] = (jax.jit(_global_step), *auto)
     return forms
+
+
+def _inputs_on(mesh, batch, dim, k, seed):
+    """``(abstract, make)``: the inputs on ``mesh`` as ``ShapeDtypeStruct`` and a maker
+    of the arrays (see :func:`_forms`)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    shapes = ((dim, k), (batch, dim), (batch,), (batch,), (batch, k))
+    dtypes = (jnp.float32, jnp.float32, jnp.int32, jnp.float32, jnp.float32)
+    shardings = [NamedSharding(mesh, P(*spec)) for spec in _SPECS]
+    abstract = tuple(
+        jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+        for shape, dtype, sharding in zip(shapes, dtypes, shardings, strict=True)
+    )
+
+    def make():
+        rng = np.random.default_rng(seed)
+        feats = rng.standard_normal((batch, dim), dtype=np.float32)
+        labels = rng.integers(0, k, batch).astype(np.int32)
+        weights = np.arange(1.0, 1.0 + batch, dtype=np.float32)
+
+        def kernel_block(index):  # each device's columns, drawn on the host per block
+            cols = index[1]
+            start = cols.start or 0
+            block = np.random.default_rng((seed, start)).standard_normal(
+                (dim, (cols.stop or k) - start), dtype=np.float32
+            )
+            return block / np.float32(np.sqrt(dim))
+
+        head = jax.jit(lambda f, w: f @ w, out_shardings=shardings[4])
+        with jax.set_mesh(mesh):
+            kernel = jax.make_array_from_callback((dim, k), shardings[0], kernel_block)
+            host = (feats, labels, weights)
+            feats, labels, weights = (
+                jax.device_put(x, sh) for x, sh in zip(host, shardings[1:4], strict=True)
+            )
+            return kernel, feats, labels, weights, head(feats, kernel)
+
+    return abstract, make
+
+
+def _global_step(kernel, feats, labels, weights, logits):
+    """The penalty's value and gradients over global arrays (the ``*_jit`` forms)."""
+    import jax
+    import jax.numpy as jnp
+
+    import pmm_jax
+
+    def objective(kernel, feats):
+        pen = pmm_jax.pmm_penalty(logits, labels, feats, kernel)
+        return jnp.sum(pen * weights)
+
+    return jax.value_and_grad(objective, (0, 1))(kernel, feats)
+
+
+def _local_step(gathered: bool):
+    """The per-device step of the ``shard_map`` forms: class-parallel, or on the kernel
+    and logits all-gathered over ``"model"`` (``gathered``)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    import pmm_jax
+
+    def step(kernel, feats, labels, weights, logits):
+        def objective(kernel, feats):
+            if gathered:
+                full = lax.all_gather(kernel, "model", axis=1, tiled=True)
+                scores = lax.all_gather(logits, "model", axis=1, tiled=True)
+                pen = pmm_jax.pmm_penalty(scores, labels, feats, full, axis_name="data")
+                # Each model device computed the whole value: count it once (the
+                # all-gather's transpose sums the kernel gradients over "model").
+                return lax.pmean(jnp.sum(pen * weights), "model")
+            pen = pmm_jax.pmm_penalty(
+                logits, labels, feats, kernel, axis_name="data", class_axis_name="model"
+            )
+            return jnp.sum(pen * weights)
+
+        value, grads = jax.value_and_grad(objective, (0, 1))(kernel, feats)
+        return lax.psum(value, "data"), grads
+
+    return step
 
 
 def _relative_error(got, want):
@@ -271,78 +300,100 @@ def bench_sharded_head(
     """
     import jax
 
-    from experiments.bench.timing import time_interleaved
-
-    num_devices = math.prod(mesh_shape)
     rows = []
     for k in ks:
         built = _forms(mesh_shape, batch, dim, k)
         compiled, k_rows = {}, {}
         for name in forms:
             fn, abstract, _ = built[name]
-            t0 = time.perf_counter()
-            program = fn.lower(*abstract).compile()
-            found = collectives(program.as_text(), num_devices)
-            memory = program.memory_analysis()
-            per_device = sum(
-                getattr(memory, f, 0) or 0
-                for f in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
-            )
-            row = {
-                "k": k,
-                "batch": batch,
-                "dim": dim,
-                "mesh": {"data": mesh_shape[0], "model": mesh_shape[1]},
-                "form": name,
-                "compile_s": time.perf_counter() - t0,
-                "memory_per_device_mib": per_device / 2**20,
-                "largest_dim": largest_dim(found),
-                **summarize(found),
-                "time_ms": None,
-            }
-            if per_device * num_devices > max_gib * 2**30:
-                row["not_run"] = (
-                    f"needs {per_device * num_devices / 2**30:.1f} GiB over {num_devices} "
-                    f"devices (> --max-gib {max_gib}); compiled and counted only"
-                )
-            else:
+            row, program = _compile_form(fn, abstract, name, k, batch, dim, mesh_shape, max_gib)
+            if program is not None:
                 compiled[name] = program
             rows.append(row)
             k_rows[name] = row
-            print(
-                f"  k={k:>7} {name:15s} {row['collectives']:3d} collectives,"
-                f" {row['bytes'] / 2**20:9.3f} MiB (ring/device"
-                f" {row['ring_bytes_per_device'] / 2**20:9.3f} MiB), largest dim"
-                f" {row['largest_dim']}, {row['memory_per_device_mib']:.0f} MiB/device"
-                + (f" -- {row['not_run']}" if "not_run" in row else ""),
-                flush=True,
-            )
-        inputs = {}  # drawn once per mesh, only for the forms that run
-        for name in compiled:
-            make = built[name][2]
-            inputs[name] = next((v for n, v in inputs.items() if built[n][2] is make), None)
-            inputs[name] = inputs[name] or make()
-        reference = None
-        for name, program in compiled.items():  # the same values and gradients
-            out = program(*inputs[name])
-            if reference is None:
-                reference = (name, out)
-            else:
-                k_rows[name]["max_rel_error_vs"] = {
-                    reference[0]: _relative_error(out, reference[1])
-                }
-            del out
-        del reference
-        timings = time_interleaved(
-            {name: (lambda p=p, a=inputs[name]: p(*a)) for name, p in compiled.items()}, reps=reps
-        )
-        for name, t in timings.items():
-            row = k_rows[name]
-            row.update(time_ms=t["median_ms"], spread_ms=[t["p25_ms"], t["p75_ms"]], reps=t["reps"])
-            print(f"  k={k:>7} {name:15s} {row['time_ms']:10.1f} ms", flush=True)
+        inputs = _inputs(built, compiled)
+        _check_against_first(compiled, inputs, k_rows)
+        _time_forms(compiled, inputs, k_rows, k, reps)
         del built, compiled, inputs
         jax.clear_caches()
     return rows
+
+
+def _compile_form(fn, abstract, name, k, batch, dim, mesh_shape, max_gib):
+    """``(row, program)``: one form compiled, its collectives counted and printed;
+    ``program`` is None (and the row says why) where it would not fit in ``max_gib``."""
+    num_devices = math.prod(mesh_shape)
+    t0 = time.perf_counter()
+    program = fn.lower(*abstract).compile()
+    found = collectives(program.as_text(), num_devices)
+    memory = program.memory_analysis()
+    per_device = sum(
+        getattr(memory, f, 0) or 0
+        for f in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
+    )
+    row = {
+        "k": k,
+        "batch": batch,
+        "dim": dim,
+        "mesh": {"data": mesh_shape[0], "model": mesh_shape[1]},
+        "form": name,
+        "compile_s": time.perf_counter() - t0,
+        "memory_per_device_mib": per_device / 2**20,
+        "largest_dim": largest_dim(found),
+        **summarize(found),
+        "time_ms": None,
+    }
+    if per_device * num_devices > max_gib * 2**30:
+        row["not_run"] = (
+            f"needs {per_device * num_devices / 2**30:.1f} GiB over {num_devices} "
+            f"devices (> --max-gib {max_gib}); compiled and counted only"
+        )
+        program = None
+    print(
+        f"  k={k:>7} {name:15s} {row['collectives']:3d} collectives,"
+        f" {row['bytes'] / 2**20:9.3f} MiB (ring/device"
+        f" {row['ring_bytes_per_device'] / 2**20:9.3f} MiB), largest dim"
+        f" {row['largest_dim']}, {row['memory_per_device_mib']:.0f} MiB/device"
+        + (f" -- {row['not_run']}" if "not_run" in row else ""),
+        flush=True,
+    )
+    return row, program
+
+
+def _inputs(built, compiled) -> dict:
+    """Each compiled form's input arrays, drawn once per mesh (forms on one mesh share them)."""
+    inputs = {}
+    for name in compiled:
+        make = built[name][2]
+        inputs[name] = next((v for n, v in inputs.items() if built[n][2] is make), None)
+        inputs[name] = inputs[name] or make()
+    return inputs
+
+
+def _check_against_first(compiled, inputs, k_rows) -> None:
+    """Each form's values and gradients against the first form's: ``max_rel_error_vs``."""
+    reference = None
+    for name, program in compiled.items():
+        out = program(*inputs[name])
+        if reference is None:
+            reference = (name, out)
+        else:
+            k_rows[name]["max_rel_error_vs"] = {reference[0]: _relative_error(out, reference[1])}
+        del out
+    del reference
+
+
+def _time_forms(compiled, inputs, k_rows, k, reps) -> None:
+    """The compiled forms timed in interleaved repetitions, into their rows."""
+    from experiments.bench.timing import time_interleaved
+
+    timings = time_interleaved(
+        {name: (lambda p=p, a=inputs[name]: p(*a)) for name, p in compiled.items()}, reps=reps
+    )
+    for name, t in timings.items():
+        row = k_rows[name]
+        row.update(time_ms=t["median_ms"], spread_ms=[t["p25_ms"], t["p75_ms"]], reps=t["reps"])
+        print(f"  k={k:>7} {name:15s} {row['time_ms']:10.1f} ms", flush=True)
 
 
 def main(argv=None):

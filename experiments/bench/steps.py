@@ -95,116 +95,117 @@ def _tokens(length, vocab):
 def workloads(platform: str, *, full: bool = False):
     """``(workload, None)`` to run or ``(name, reason)`` to skip, for ``platform``.
 
-    Sizes and time budgets are chosen so that the whole default run fits in
-    ~10 minutes on a 2-core CPU; on an accelerator the paper-size models run.
+    On CPU the sizes and time budgets keep the default run short (small batches,
+    a BERT-Tiny-sized classifier, WRN-28-10 only with ``full``); on an accelerator
+    the paper-size models run.
     """
-    from experiments.models.bert import build_classifier
-    from experiments.models.cnn1d import ConvNet1D
-    from experiments.models.mobilenet import MobileNetV1
-    from experiments.models.resnet_cifar import CifarResNet
-    from experiments.models.wrn import WideResNet
-
     on_cpu = platform == "cpu"
-    out = [
-        (
-            StepWorkload(
-                "cnn1d_b100",
-                lambda: ConvNet1D(10),
-                lambda rng, b: rng.normal(size=(b, 40)).astype(np.float32),
-                100,
-                10,
-                "MNIST-1D ConvBase (3 conv1d x 25 channels, 125 features), input [B, 40]",
-                reps=200,
-                budget_s=15.0,
-            ),
-            None,
-        )
-    ]
+    out = [(_cnn1d(), None)]
     for b, reps, budget in ((64, 20, 90.0), (128, 12, 110.0)):
-        out.append(
-            (
-                StepWorkload(
-                    f"resnet44_b{b}",
-                    lambda: CifarResNet(44, 10),
-                    _images(32),
-                    b,
-                    10,
-                    "CIFAR ResNet-44 (option-A shortcuts, 0.66M params), 32x32x3",
-                    peer=True,
-                    metrics_variant=b == 64 or not on_cpu,
-                    reps=reps,
-                    budget_s=budget,
-                ),
-                None,
-            )
-        )
+        out.append((_resnet44(b, reps, budget, on_cpu), None))
     if on_cpu and not full:
         out.append(
             ("wrn28_10_b64", "skipped on CPU (tens of s per step on 2 cores); run with --full")
         )
     else:
-        out.append(
-            (
-                StepWorkload(
-                    "wrn28_10_b64",
-                    lambda: WideResNet(28, 10, 100),
-                    _images(32),
-                    64,
-                    100,
-                    "WRN-28-10 (36.5M params), 32x32x3, 100 classes",
-                    reps=5 if on_cpu else 20,
-                    budget_s=300.0 if on_cpu else 60.0,
-                ),
-                None,
-            )
-        )
-    mb = 4 if on_cpu else 128
-    out.append(
-        (
-            StepWorkload(
-                f"mobilenet_v1_224_b{mb}",
-                lambda: MobileNetV1(1000),
-                _images(224),
-                mb,
-                1000,
-                "MobileNet v1 1.0 (4.2M params), 224x224x3, 1000 classes"
-                + (" (small batch on CPU)" if on_cpu else ""),
-                metrics_variant=not on_cpu,
-                reps=8 if on_cpu else 20,
-                budget_s=45.0 if on_cpu else 60.0,
-            ),
-            None,
-        )
+        out.append((_wrn28_10(on_cpu), None))
+    out.append((_mobilenet_v1(on_cpu), None))
+    out.append((_bert(on_cpu), None))
+    return out
+
+
+def _cnn1d() -> StepWorkload:
+    from experiments.models.cnn1d import ConvNet1D
+
+    return StepWorkload(
+        "cnn1d_b100",
+        lambda: ConvNet1D(10),
+        lambda rng, b: rng.normal(size=(b, 40)).astype(np.float32),
+        100,
+        10,
+        "MNIST-1D ConvBase (3 conv1d x 25 channels, 125 features), input [B, 40]",
+        reps=200,
+        budget_s=15.0,
     )
+
+
+def _resnet44(batch: int, reps: int, budget_s: float, on_cpu: bool) -> StepWorkload:
+    from experiments.models.resnet_cifar import CifarResNet
+
+    return StepWorkload(
+        f"resnet44_b{batch}",
+        lambda: CifarResNet(44, 10),
+        _images(32),
+        batch,
+        10,
+        "CIFAR ResNet-44 (option-A shortcuts, 0.66M params), 32x32x3",
+        peer=True,
+        metrics_variant=batch == 64 or not on_cpu,
+        reps=reps,
+        budget_s=budget_s,
+    )
+
+
+def _wrn28_10(on_cpu: bool) -> StepWorkload:
+    from experiments.models.wrn import WideResNet
+
+    return StepWorkload(
+        "wrn28_10_b64",
+        lambda: WideResNet(28, 10, 100),
+        _images(32),
+        64,
+        100,
+        "WRN-28-10 (36.5M params), 32x32x3, 100 classes",
+        reps=5 if on_cpu else 20,
+        budget_s=300.0 if on_cpu else 60.0,
+    )
+
+
+def _mobilenet_v1(on_cpu: bool) -> StepWorkload:
+    from experiments.models.mobilenet import MobileNetV1
+
+    batch = 4 if on_cpu else 128
+    return StepWorkload(
+        f"mobilenet_v1_224_b{batch}",
+        lambda: MobileNetV1(1000),
+        _images(224),
+        batch,
+        1000,
+        "MobileNet v1 1.0 (4.2M params), 224x224x3, 1000 classes"
+        + (" (small batch on CPU)" if on_cpu else ""),
+        metrics_variant=not on_cpu,
+        reps=8 if on_cpu else 20,
+        budget_s=45.0 if on_cpu else 60.0,
+    )
+
+
+def _bert(on_cpu: bool) -> StepWorkload:
+    """BERT-Tiny-sized on CPU, BERT-base elsewhere; random weights either way."""
+    from experiments.models.bert import build_classifier
+
     if on_cpu:
-        bert = dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512)
-        bert_name = "bert_tiny_L2_H128_seq128_b32"
-        bert_desc = (
+        sizes = dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512)
+        name = "bert_tiny_L2_H128_seq128_b32"
+        description = (
             "BERT-Tiny config (L=2, H=128, 2 heads, FFN 512; not BERT-base) classifier, "
             "3 classes, sequence length 128, random weights"
         )
     else:
-        bert = {}
-        bert_name = "bert_base_seq128_b32"
-        bert_desc = (
+        sizes = {}
+        name = "bert_base_seq128_b32"
+        description = (
             "BERT-base (L=12, H=768) classifier, 3 classes, sequence length 128, random weights"
         )
-    out.append(
-        (
-            StepWorkload(
-                bert_name,
-                lambda: build_classifier(3, **bert),
-                _tokens(128, 30522),
-                32,
-                3,
-                bert_desc,
-                reps=20,
-                budget_s=30.0,
-            ),
-            None,
-        )
+    return StepWorkload(
+        name,
+        lambda: build_classifier(3, **sizes),
+        _tokens(128, 30522),
+        32,
+        3,
+        description,
+        reps=20,
+        budget_s=30.0,
     )
-    return out
 
 
 def _copy_state(state):
@@ -278,69 +279,119 @@ def bench_workload(
     max_time = w.budget_s if max_time is None else max_time
     on_cpu = jax.default_backend() == "cpu"
     load_before = load_average()
-    rng = np.random.default_rng(seed)
-    x = jax.tree.map(jnp.asarray, w.make_x(rng, w.batch))
-    batch = {"x": x, "y": jnp.asarray(rng.integers(0, w.num_classes, w.batch), jnp.int32)}
-    model = w.model()
-    state0 = training.create_train_state(model, optax.sgd(LR, momentum=MOMENTUM), x, seed=seed)
-    _, aux = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), state0.variables, x)
-    feature_dim = int(aux["pre_logits"].shape[-1])
-    num_params = param_count(state0.params)
-    variants = {
-        "ce": training.make_train_step(alpha=None, margin_metrics=False),
-        "pmm": training.make_train_step(
-            alpha=ALPHA, penalty_reduction="official", margin_metrics=False
-        ),
-    }
-    if metrics_variant and w.metrics_variant:
-        variants["pmm_metrics"] = training.make_train_step(
-            alpha=ALPHA, penalty_reduction="official"
-        )
-    fns, compile_s, temp_mb, rss_mb = {}, {}, {}, {}
-    for name, step in variants.items():
-        state = _copy_state(state0)
-        compiled, compile_s[name], temp_mb[name] = compile_step(step, state, batch)
-        fns[name] = _Runner(compiled, state, batch)
-        # Two calls (the warm-up), with the peak RSS of this variant alone.
-        reset_peak_rss()
-        for _ in range(2):
-            block(fns[name]())
-        rss_mb[name] = peak_rss_mb()
+    state0, batch, shapes = _setup(w, seed)
+    fns, stats = _warm_jax_steps(
+        _jax_variants(metrics_variant and w.metrics_variant), state0, batch
+    )
     del state0
-    peer_info = None
-    peer_device = "cpu" if on_cpu else "cuda"
     use_peer = (
         w.peer and peer and torch_peer.available() and (on_cpu or torch_peer.cuda_available())
     )
-    if use_peer:
-        torch_steps, peer_info = torch_peer.make_resnet_steps(
-            w.batch,
-            num_classes=w.num_classes,
-            alpha=ALPHA,
-            threads=threads if on_cpu else None,
-            seed=seed,
-            device=peer_device,
-        )
-        for name, fn in torch_steps.items():
-            reset_peak_rss()
-            for _ in range(2):
-                fn()
-            rss_mb[f"torch_{name}"] = peak_rss_mb()
-            fns[f"torch_{name}"] = fn
+    peer_info = _warm_peer_steps(w, fns, stats, threads, seed, on_cpu) if use_peer else None
     # With the peer, a short untimed pause before each call lets the idle threads
     # of the other library (OpenMP spins after a parallel region) go to sleep.
     pause = PEER_PAUSE_S if use_peer else 0.0
     t = time_interleaved(
         fns, reps=reps, warmup=0, min_time=min_time, max_time=max_time, pause=pause
     )
+    row = _step_row(w, t, shapes)
+    row.update(
+        reps=t["ce"]["reps"],
+        spread_ms={name: [v["p25_ms"], v["p75_ms"]] for name, v in t.items()},
+        cpu_ms={name: v["cpu_median_ms"] for name, v in t.items()},
+        compile_s=stats["compile_s"],
+        compiled_temp_mb=stats["temp_mb"],
+        peak_rss_mb=stats["rss_mb"] if on_cpu else None,
+        nonfinite_steps={
+            name: float(fn.metrics["nonfinite_steps"])
+            for name, fn in fns.items()
+            if isinstance(fn, _Runner)
+        },
+        load_avg={"before": load_before, "after": load_average()},
+    )
+    if t["ce"]["reps"] <= MAX_SAMPLES:
+        row["samples_ms"] = {name: v["samples_ms"] for name, v in t.items()}
+    return row, (_peer_row(w, t, pause, peer_info) if use_peer else None)
+
+
+def _setup(w: StepWorkload, seed: int):
+    """``(state, batch, {"feature_dim", "params"})``: the workload's initial train state
+    and its synthetic batch."""
+    rng = np.random.default_rng(seed)
+    x = jax.tree.map(jnp.asarray, w.make_x(rng, w.batch))
+    batch = {"x": x, "y": jnp.asarray(rng.integers(0, w.num_classes, w.batch), jnp.int32)}
+    model = w.model()
+    state = training.create_train_state(model, optax.sgd(LR, momentum=MOMENTUM), x, seed=seed)
+    _, aux = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), state.variables, x)
+    shapes = {"feature_dim": int(aux["pre_logits"].shape[-1]), "params": param_count(state.params)}
+    return state, batch, shapes
+
+
+def _jax_variants(metrics_variant: bool) -> dict:
+    """The steps compared: ``ce``, ``pmm`` and (with ``metrics_variant``) ``pmm_metrics``."""
+    variants = {
+        "ce": training.make_train_step(alpha=None, margin_metrics=False),
+        "pmm": training.make_train_step(
+            alpha=ALPHA, penalty_reduction="official", margin_metrics=False
+        ),
+    }
+    if metrics_variant:
+        variants["pmm_metrics"] = training.make_train_step(
+            alpha=ALPHA, penalty_reduction="official"
+        )
+    return variants
+
+
+def _warm_jax_steps(variants: dict, state0, batch):
+    """``(fns, stats)``: each step compiled on its own copy of ``state0`` and called
+    twice (the warm-up); ``stats``: ``compile_s``, ``temp_mb`` and ``rss_mb`` (the peak
+    RSS of each step's warm-up alone) per step."""
+    fns = {}
+    stats = {"compile_s": {}, "temp_mb": {}, "rss_mb": {}}
+    for name, step in variants.items():
+        state = _copy_state(state0)
+        compiled, stats["compile_s"][name], stats["temp_mb"][name] = compile_step(
+            step, state, batch
+        )
+        fns[name] = _Runner(compiled, state, batch)
+        reset_peak_rss()
+        for _ in range(2):
+            block(fns[name]())
+        stats["rss_mb"][name] = peak_rss_mb()
+    return fns, stats
+
+
+def _warm_peer_steps(w: StepWorkload, fns: dict, stats: dict, threads, seed: int, on_cpu: bool):
+    """Adds the PyTorch peer's ``torch_ce`` and ``torch_pmm`` steps to ``fns``, warmed up
+    as :func:`_warm_jax_steps` does (on the CPU with ``threads``, else on CUDA); returns
+    the peer's info."""
+    torch_steps, peer_info = torch_peer.make_resnet_steps(
+        w.batch,
+        num_classes=w.num_classes,
+        alpha=ALPHA,
+        threads=threads if on_cpu else None,
+        seed=seed,
+        device="cpu" if on_cpu else "cuda",
+    )
+    for name, fn in torch_steps.items():
+        reset_peak_rss()
+        for _ in range(2):
+            fn()
+        stats["rss_mb"][f"torch_{name}"] = peak_rss_mb()
+        fns[f"torch_{name}"] = fn
+    return peer_info
+
+
+def _step_row(w: StepWorkload, t: dict, shapes: dict) -> dict:
+    """The row's workload, its median step times and PMM's overheads."""
     med = {name: v["median_ms"] for name, v in t.items()}
     row = {
         "name": w.name,
         "description": w.description,
         "batch": w.batch,
         "num_classes": w.num_classes,
-        "feature_dim": feature_dim,
-        "params": num_params,
+        "feature_dim": shapes["feature_dim"],
+        "params": shapes["params"],
         "preprocessing": "none (synthetic inputs of the model's input shape, made before the step)",
         "ce_step_ms": med["ce"],
         "pmm_step_ms": med["pmm"],
@@ -355,42 +406,29 @@ def bench_workload(
         )
     # What PMM's own operations cost at this (B, d, k), timed alone: the floor
     # of the step-level difference, which is below the noise for large steps.
-    row["penalty_fwd_bwd_ms"] = penalty_fwd_bwd_ms(w.batch, feature_dim, w.num_classes)
+    row["penalty_fwd_bwd_ms"] = penalty_fwd_bwd_ms(w.batch, shapes["feature_dim"], w.num_classes)
     row["penalty_share_of_ce_step"] = row["penalty_fwd_bwd_ms"] / med["ce"]
-    row.update(
-        reps=t["ce"]["reps"],
-        spread_ms={name: [v["p25_ms"], v["p75_ms"]] for name, v in t.items()},
-        cpu_ms={name: v["cpu_median_ms"] for name, v in t.items()},
-        compile_s=compile_s,
-        compiled_temp_mb=temp_mb,
-        peak_rss_mb=rss_mb if on_cpu else None,
-        nonfinite_steps={
-            name: float(fn.metrics["nonfinite_steps"])
-            for name, fn in fns.items()
-            if isinstance(fn, _Runner)
-        },
-        load_avg={"before": load_before, "after": load_average()},
-    )
-    if t["ce"]["reps"] <= MAX_SAMPLES:
-        row["samples_ms"] = {name: v["samples_ms"] for name, v in t.items()}
-    peer_row = None
-    if use_peer:
-        peer_row = {
-            "name": f"{w.name} vs PyTorch (eager, official PMM)",
-            "ours_ms": med["pmm"],
-            "peer_ms": med["torch_pmm"],
-            "ratio": med["pmm"] / med["torch_pmm"],
-            "ratio_paired": paired_ratio(t["pmm"]["samples_ms"], t["torch_pmm"]["samples_ms"]),
-            "ours_ce_ms": med["ce"],
-            "peer_ce_ms": med["torch_ce"],
-            "ce_ratio": med["ce"] / med["torch_ce"],
-            "ours_cpu_ms": t["pmm"]["cpu_median_ms"],
-            "peer_cpu_ms": t["torch_pmm"]["cpu_median_ms"],
-            "peer_pmm_overhead": med["torch_pmm"] / med["torch_ce"],
-            "peer_pmm_overhead_paired": paired_ratio(
-                t["torch_pmm"]["samples_ms"], t["torch_ce"]["samples_ms"]
-            ),
-            "pause_between_calls_s": pause,
-            **peer_info,
-        }
-    return row, peer_row
+    return row
+
+
+def _peer_row(w: StepWorkload, t: dict, pause: float, peer_info: dict) -> dict:
+    """Ours against the PyTorch peer, timed in the same interleaved repetitions."""
+    med = {name: v["median_ms"] for name, v in t.items()}
+    return {
+        "name": f"{w.name} vs PyTorch (eager, official PMM)",
+        "ours_ms": med["pmm"],
+        "peer_ms": med["torch_pmm"],
+        "ratio": med["pmm"] / med["torch_pmm"],
+        "ratio_paired": paired_ratio(t["pmm"]["samples_ms"], t["torch_pmm"]["samples_ms"]),
+        "ours_ce_ms": med["ce"],
+        "peer_ce_ms": med["torch_ce"],
+        "ce_ratio": med["ce"] / med["torch_ce"],
+        "ours_cpu_ms": t["pmm"]["cpu_median_ms"],
+        "peer_cpu_ms": t["torch_pmm"]["cpu_median_ms"],
+        "peer_pmm_overhead": med["torch_pmm"] / med["torch_ce"],
+        "peer_pmm_overhead_paired": paired_ratio(
+            t["torch_pmm"]["samples_ms"], t["torch_ce"]["samples_ms"]
+        ),
+        "pause_between_calls_s": pause,
+        **peer_info,
+    }

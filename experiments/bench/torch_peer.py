@@ -126,9 +126,7 @@ def make_resnet_steps(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)).to(device)
-    y = torch.from_numpy(rng.integers(0, num_classes, batch).astype(np.int64)).to(device)
+    x, y = _synthetic_batch(batch, num_classes, seed, device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def make(use_pmm):
@@ -154,14 +152,30 @@ def make_resnet_steps(
 
     ce, model = make(False)
     pmm, _ = make(True)
-    info = {
+    info = {**_torch_info(device, model), "layout": "NCHW (PyTorch default), eager"}
+    return {"ce": ce, "pmm": pmm}, info
+
+
+def _synthetic_batch(batch: int, num_classes: int, seed: int, device: str):
+    """``(x, y)``: normal float32 images ``[batch, 3, 32, 32]`` and int64 labels."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)).to(device)
+    y = torch.from_numpy(rng.integers(0, num_classes, batch).astype(np.int64)).to(device)
+    return x, y
+
+
+def _torch_info(device: str, model) -> dict:
+    """The torch version, device, threads and the model's parameter count."""
+    import torch
+
+    return {
         "torch": torch.__version__,
         "torch_device": str(torch.device(device)),
         "torch_threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
-        "layout": "NCHW (PyTorch default), eager",
     }
-    return {"ce": ce, "pmm": pmm}, info
 
 
 # variant -> (torch.compile mode or None, channels_last)
@@ -198,7 +212,6 @@ def make_pmm_train(
     pipeline is timed. Returns ``(train, info)``.
     """
     import torch
-    from torch import nn
 
     compile_mode, channels_last = PEER_VARIANTS[variant]
     if threads is not None:
@@ -206,41 +219,16 @@ def make_pmm_train(
     cuda = device.startswith("cuda")
     if cuda:
         torch.backends.cudnn.benchmark = True
-    rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)).to(device)
-    y = torch.from_numpy(rng.integers(0, num_classes, batch).astype(np.int64)).to(device)
+    x, y = _synthetic_batch(batch, num_classes, seed, device)
     torch.manual_seed(seed)
     model = _build_resnet(depth, num_classes, width).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-
-    class Objective(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, images, labels):
-            logits, features = self.net(images)
-            return official_torch.official_objective(
-                logits, labels, features, self.net.fc.weight, alpha
-            )
-
-    objective = Objective(model)
+    objective = _objective(model, alpha)
     if compile_mode is not None:
         objective = torch.compile(objective, mode=compile_mode)
-    opt_kwargs = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
-    optimizer = "foreach"
-    opt = None
-    if cuda:
-        try:
-            opt = torch.optim.SGD(model.parameters(), fused=True, **opt_kwargs)
-            optimizer = "fused"
-        except (TypeError, RuntimeError):
-            opt = None
-    if opt is None:
-        opt = torch.optim.SGD(model.parameters(), **opt_kwargs)
-        optimizer = "foreach" if cuda else "default"
+    opt, optimizer = _sgd(model, cuda)
     mark = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
     graphs = compile_mode == "reduce-overhead" and mark is not None
 
@@ -258,10 +246,7 @@ def make_pmm_train(
         return loss.detach().float().item()
 
     info = {
-        "torch": torch.__version__,
-        "torch_device": str(torch.device(device)),
-        "torch_threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in model.parameters()),
+        **_torch_info(device, model),
         "variant": variant,
         "compile_mode": compile_mode,
         "layout": "channels_last" if channels_last else "NCHW",
@@ -269,6 +254,38 @@ def make_pmm_train(
         "cudnn_benchmark": cuda,
     }
     return train, info
+
+
+def _objective(model, alpha: float):
+    """``model`` and the authors' objective as one module: ``(images, labels) -> loss``."""
+    from torch import nn
+
+    class Objective(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images, labels):
+            logits, features = self.net(images)
+            return official_torch.official_objective(
+                logits, labels, features, self.net.fc.weight, alpha
+            )
+
+    return Objective(model)
+
+
+def _sgd(model, cuda: bool):
+    """``(optimizer, kind)``: SGD (lr 0.1, momentum 0.9, weight decay 1e-4), ``fused`` on
+    CUDA where this PyTorch has it, else ``foreach`` on CUDA and the default on the CPU."""
+    import torch
+
+    opt_kwargs = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    if cuda:
+        try:
+            return torch.optim.SGD(model.parameters(), fused=True, **opt_kwargs), "fused"
+        except (TypeError, RuntimeError):
+            pass
+    return torch.optim.SGD(model.parameters(), **opt_kwargs), "foreach" if cuda else "default"
 
 
 def time_pmm_train(
@@ -332,17 +349,7 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=44)
     parser.add_argument("--width", type=int, default=16)
     args = parser.parse_args(argv)
-    out = time_pmm_train(
-        args.batch,
-        steps=args.steps,
-        reps=args.reps,
-        max_time=args.max_time,
-        variant=args.variant,
-        device=args.device,
-        depth=args.depth,
-        width=args.width,
-        threads=args.threads,
-    )
+    out = time_pmm_train(**vars(args))  # the flags are time_pmm_train's arguments
     print(PEER_PREFIX + json.dumps(out), flush=True)
 
 

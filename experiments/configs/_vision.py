@@ -4,7 +4,7 @@ Each row config imports ``vision_config`` and overrides a few fields.
 
 A CIFAR row config trains, by default, the paired row: methods ``baseline``
 (PMM off) and ``pmm`` (the paper's PMM), 5 seeds each, every run in one program
-(``runs_mode="auto"``, ``experiments/runs.py``) on one stream of batches, so the
+(``runs_mode="auto"``, ``experiments/run/forms.py``) on one stream of batches, so the
 twins of a seed see the same batches in the same order; one call is one epoch.
 Its variants: ``""`` (the paired row), ``"baseline"`` and ``"pmm"`` (one twin
 alone, the same 5 seeds) and ``"local"`` (both methods, tiny model, few steps,

@@ -33,31 +33,22 @@ DROPOUT = 0.5
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = base_config()
-    c.methods = ml_collections.ConfigDict(
-        {
-            "baseline": {},
-            "weight_decay": {"weight_decay": WEIGHT_DECAY},
-            "dropout": {"model_kwargs": {"dropout_rate": DROPOUT}},
-            "pmm": {"pmm": ramp(PMM_ALPHA_END)},
-            # The paper's setting: PMM on top of the (tuned) weight decay.
-            "weight_decay_pmm": {
-                "weight_decay": WEIGHT_DECAY,
-                "pmm": ramp(WEIGHT_DECAY_PMM_ALPHA_END),
-            },
-            "pmm_hinge": {"pmm": ramp(PMM_HINGE_ALPHA_END, base_loss="hinge")},
-            # The paper's own CIFAR schedule as the authors ran it (not tuned here).
-            "pmm_paper": {"pmm": dict(PAPER_SCHEDULE)},
-        }
-    )
-    c.method_order = (
-        "baseline",
-        "weight_decay",
-        "dropout",
-        "pmm",
-        "weight_decay_pmm",
-        "pmm_hinge",
-        "pmm_paper",
-    )
+    methods = {
+        "baseline": {},
+        "weight_decay": {"weight_decay": WEIGHT_DECAY},
+        "dropout": {"model_kwargs": {"dropout_rate": DROPOUT}},
+        "pmm": {"pmm": ramp(PMM_ALPHA_END)},
+        # The paper's setting: PMM on top of the (tuned) weight decay.
+        "weight_decay_pmm": {
+            "weight_decay": WEIGHT_DECAY,
+            "pmm": ramp(WEIGHT_DECAY_PMM_ALPHA_END),
+        },
+        "pmm_hinge": {"pmm": ramp(PMM_HINGE_ALPHA_END, base_loss="hinge")},
+        # The paper's own CIFAR schedule as the authors ran it (not tuned here).
+        "pmm_paper": {"pmm": dict(PAPER_SCHEDULE)},
+    }
+    c.methods = ml_collections.ConfigDict(methods)
+    c.method_order = tuple(methods)  # as listed (a ConfigDict iterates its keys sorted)
     # Paired comparisons in the report, beyond "every method - baseline".
     c.paired_comparisons = (
         ("pmm", "weight_decay"),
@@ -69,11 +60,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def _local(c) -> None:
     """A smoke test: tiny and fast."""
-    c.seeds = (0,)
-    c.num_train_steps = 40
+    smoke_run(c, seeds=(0,), steps=40, eval_every=20)
+    c.tsne = False
+
+
+def smoke_run(c, *, seeds: tuple[int, ...], steps: int, eval_every: int) -> None:
+    """The MNIST-1D configs' tiny run: ``steps`` steps of a 4-channel model for ``seeds``,
+    10 steps per call and per log line, evaluated and checkpointed every ``eval_every``."""
+    c.seeds = seeds
+    c.num_train_steps = steps
     c.steps_per_call = 10
     c.log_every_steps = 10
-    c.eval_every_steps = 20
-    c.checkpoint_every_steps = 20
+    c.eval_every_steps = eval_every
+    c.checkpoint_every_steps = eval_every
     c.model_kwargs.channels = 4
-    c.tsne = False

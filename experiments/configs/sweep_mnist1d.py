@@ -11,7 +11,7 @@ import ml_collections
 
 from experiments.config.fields import base_config
 from experiments.configs.common import apply_variant
-from experiments.configs.default import WEIGHT_DECAY
+from experiments.configs.default import WEIGHT_DECAY, smoke_run
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -44,13 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def _local(c) -> None:
     """Two seeds, 20 steps of a narrow model, a few points of each family (the tests)."""
-    c.seeds = (0, 1)
-    c.num_train_steps = 20
-    c.steps_per_call = 10
-    c.log_every_steps = 10
-    c.eval_every_steps = 10
-    c.checkpoint_every_steps = 10
-    c.model_kwargs.channels = 4
+    smoke_run(c, seeds=(0, 1), steps=20, eval_every=10)
     c.sweep.alphas = (1e-4, 1e-1)
     c.sweep.hinge_alphas = (1e-4,)
     c.sweep.weight_decay_pmm_alphas = (1e-4,)

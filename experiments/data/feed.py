@@ -1,6 +1,7 @@
 """Batches on the mesh, from the host iterators or gathered on the device.
 
-The training loop takes every batch from here (``experiments/trainer.py``):
+The training loop and its evaluation take every batch from here
+(``experiments/run/loop.py``, ``experiments/run/evaluation.py``):
 
 * :func:`train_blocks`: an iterator of training blocks ``[steps, seeds, batch,
   ...]`` (``steps_per_call`` steps of every seed's stream, in the documented

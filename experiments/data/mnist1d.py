@@ -1,10 +1,10 @@
 """MNIST-1D (Greydanus 2020), generated offline by the ``mnist1d`` package.
 
 ``mnist1d.data.make_dataset(get_dataset_args())`` builds the official 4000/1000
-train/test split from ten hand-drawn templates with a fixed seed (42), in under
-a second, with no download. A validation split, when asked for, is the *last*
-``validation_size`` training examples (the training split shrinks accordingly),
-so that hyperparameters are never picked on the test set.
+train/test split from ten hand-drawn templates with a fixed seed (42), with no
+download. A validation split, when asked for, is the *last* ``validation_size``
+training examples (the training split shrinks accordingly), so that
+hyperparameters are never picked on the test set.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ class Conv1D(nn.Module):
 
     Same parameters (``kernel [k, C_in, C_out]``, ``bias [C_out]``) and the same
     result as ``nn.Conv(features, (k,), strides=(s,), padding=((p, p),))``
-    (tested), but about 8x faster for MNIST-1D's tiny convolutions on XLA:CPU,
-    whose direct convolution is slow at this size, and it batches well under
-    ``jax.vmap`` over seeds (a batched matmul instead of a grouped convolution).
+    (tested), for MNIST-1D's tiny convolutions, where XLA:CPU's direct convolution
+    is slow (``docs/performance.md``), and it batches well under ``jax.vmap`` over
+    seeds (a batched matmul instead of a grouped convolution).
     """
 
     features: int

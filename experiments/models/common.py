@@ -5,6 +5,16 @@ Numerics shared by every model here: the body runs in the module's ``dtype``
 float32 on ``pre_logits`` cast to float32, so ``logits`` and ``aux["pre_logits"]``
 are float32 whatever ``dtype`` is (the head costs ``d * k`` multiply-adds, nothing
 next to the body, and the loss and the PMM penalty then see float32 inputs).
+
+Attributes shared by every CNN here (``CifarResNet``, ``WideResNet``, ``VGG16BN``,
+``MobileNetV1``):
+
+* ``dtype``: compute dtype of the body; parameters stay float32; the head runs in
+  float32 (above);
+* ``bn_axis_name``: mapped axis to average BatchNorm statistics over under ``pmap``
+  / ``shard_map``; ``None`` under ``jit`` over global arrays;
+* ``bn_momentum``: BatchNorm running-average momentum (:data:`BN_MOMENTUM`:
+  PyTorch's 0.1 is 0.9 here).
 """
 
 from __future__ import annotations
@@ -56,6 +66,28 @@ def check_rate(name: str, value: Any) -> None:
     """Raises ``ValueError`` unless ``0 <= value < 1``."""
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+
+
+def check_width_multiplier(value: Any) -> None:
+    """Raises ``ValueError`` unless ``value`` is a number > 0."""
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"width_multiplier must be > 0, got {value!r}.")
+
+
+def check_depth(model: str, depth: Any, offset: int, examples: str) -> None:
+    """Raises ``ValueError`` unless ``depth`` is an int ``6 n + offset`` with ``n >= 1``.
+
+    ``examples`` lists valid depths for the message, e.g. ``"16, 22, 28, 40"``.
+    """
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < 6 + offset
+        or (depth - offset) % 6
+    ):
+        raise ValueError(
+            f"{model} depth must be 6n + {offset} with n >= 1 ({examples}, ...), got {depth!r}."
+        )
 
 
 def check_images(x: jax.Array, name: str) -> None:

@@ -19,6 +19,7 @@ from experiments.models.common import (
     check_images,
     check_positive_int,
     check_rate,
+    check_width_multiplier,
     classifier_head,
     conv_partial,
 )
@@ -56,11 +57,8 @@ class MobileNetV1(nn.Module):
       width_multiplier: ``alpha`` in (0, 1] in the paper (any > 0 works).
       dropout_rate: dropout on the pooled features, in front of the head (the
         pre_logits are taken after it); ``"dropout"`` rng stream.
-      dtype: compute dtype of the body; parameters stay float32; the head runs
-        in float32.
-      bn_axis_name: mapped axis for BatchNorm statistics under ``pmap`` /
-        ``shard_map``; ``None`` under ``jit``.
-      bn_momentum: BatchNorm running-average momentum.
+      dtype, bn_axis_name, bn_momentum: the body's compute dtype and BatchNorm
+        settings, as in every CNN here (``experiments/models/common.py``).
     """
 
     num_classes: int = 1000
@@ -73,8 +71,7 @@ class MobileNetV1(nn.Module):
     def __post_init__(self):
         check_positive_int("num_classes", self.num_classes)
         check_rate("dropout_rate", self.dropout_rate)
-        if not isinstance(self.width_multiplier, (int, float)) or self.width_multiplier <= 0:
-            raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}.")
+        check_width_multiplier(self.width_multiplier)
         super().__post_init__()
 
     def _width(self, channels: int) -> int:

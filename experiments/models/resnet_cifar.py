@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from experiments.models.common import (
     BN_MOMENTUM,
     batch_norm_partial,
+    check_depth,
     check_images,
     check_positive_int,
     classifier_head,
@@ -66,11 +67,8 @@ class CifarResNet(nn.Module):
       num_classes: classes ``k`` of the head.
       width: channels of the first stage (16 in the paper; the stages have
         ``width``, ``2 width``, ``4 width``). Small values make tiny test models.
-      dtype: compute dtype of the body (parameters stay float32); the head runs
-        in float32 (see ``experiments/models/common.py``).
-      bn_axis_name: mapped axis to average BatchNorm statistics over under
-        ``pmap`` / ``shard_map``; ``None`` under ``jit`` over global arrays.
-      bn_momentum: BatchNorm running-average momentum (PyTorch's 0.1 is 0.9 here).
+      dtype, bn_axis_name, bn_momentum: the body's compute dtype and BatchNorm
+        settings, as in every CNN here (``experiments/models/common.py``).
 
     Call: ``model.apply(variables, x, train=..., mutable=["batch_stats"])`` with
     ``x`` float ``[B, H, W, 3]`` (normalized images); returns ``(logits,
@@ -87,16 +85,7 @@ class CifarResNet(nn.Module):
     def __post_init__(self):
         check_positive_int("num_classes", self.num_classes)
         check_positive_int("width", self.width)
-        if (
-            isinstance(self.depth, bool)
-            or not isinstance(self.depth, int)
-            or self.depth < 8
-            or (self.depth - 2) % 6
-        ):
-            raise ValueError(
-                f"CifarResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), "
-                f"got {self.depth!r}."
-            )
+        check_depth("CifarResNet", self.depth, 2, "20, 32, 44, 56, 110")
         super().__post_init__()
 
     @nn.compact

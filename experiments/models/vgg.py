@@ -21,6 +21,7 @@ from experiments.models.common import (
     check_images,
     check_positive_int,
     check_rate,
+    check_width_multiplier,
     classifier_head,
     conv_partial,
 )
@@ -56,11 +57,8 @@ class VGG16BN(nn.Module):
         ``mlp_dims=()``); draws from the ``"dropout"`` rng stream.
       width_multiplier: scales every conv width (1.0 = VGG-16; small values make
         tiny test models).
-      dtype: compute dtype of the body; parameters stay float32; the head runs
-        in float32.
-      bn_axis_name: mapped axis for BatchNorm statistics under ``pmap`` /
-        ``shard_map``; ``None`` under ``jit``.
-      bn_momentum: BatchNorm running-average momentum.
+      dtype, bn_axis_name, bn_momentum: the body's compute dtype and BatchNorm
+        settings, as in every CNN here (``experiments/models/common.py``).
     """
 
     num_classes: int = 10
@@ -76,8 +74,7 @@ class VGG16BN(nn.Module):
         for i, d in enumerate(self.mlp_dims):
             check_positive_int(f"mlp_dims[{i}]", d)
         check_rate("dropout_rate", self.dropout_rate)
-        if not isinstance(self.width_multiplier, (int, float)) or self.width_multiplier <= 0:
-            raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}.")
+        check_width_multiplier(self.width_multiplier)
         super().__post_init__()
 
     @nn.compact

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from experiments.models.common import (
     BN_MOMENTUM,
     batch_norm_partial,
+    check_depth,
     check_images,
     check_positive_int,
     check_rate,
@@ -68,11 +69,8 @@ class WideResNet(nn.Module):
       num_classes: classes of the head.
       dropout_rate: dropout inside each block (0.3 in parts of the paper; 0 in
         the PMM paper's recipe); draws from the ``"dropout"`` rng stream.
-      dtype: compute dtype of the body; parameters stay float32; the head runs
-        in float32.
-      bn_axis_name: mapped axis for BatchNorm statistics under ``pmap`` /
-        ``shard_map``; ``None`` under ``jit``.
-      bn_momentum: BatchNorm running-average momentum.
+      dtype, bn_axis_name, bn_momentum: the body's compute dtype and BatchNorm
+        settings, as in every CNN here (``experiments/models/common.py``).
     """
 
     depth: int = 28
@@ -84,16 +82,7 @@ class WideResNet(nn.Module):
     bn_momentum: float = BN_MOMENTUM
 
     def __post_init__(self):
-        if (
-            isinstance(self.depth, bool)
-            or not isinstance(self.depth, int)
-            or self.depth < 10
-            or (self.depth - 4) % 6
-        ):
-            raise ValueError(
-                f"WideResNet depth must be 6n + 4 with n >= 1 (16, 22, 28, 40, ...), "
-                f"got {self.depth!r}."
-            )
+        check_depth("WideResNet", self.depth, 4, "16, 22, 28, 40")
         check_positive_int("widen_factor", self.widen_factor)
         check_positive_int("num_classes", self.num_classes)
         check_rate("dropout_rate", self.dropout_rate)
