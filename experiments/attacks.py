@@ -409,50 +409,18 @@ def _masked_mean(correct: Array, where) -> Array:
     return jnp.sum(c * w, axis=-1) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def robust_correct(
-    apply_fn: ApplyFn,
-    x: Array,
-    y: Array,
-    *,
-    eps_grid,
-    norm: str = "l2",
-    steps: int = 20,
-    step_size_factor: float = DEFAULT_STEP_FACTOR,
-    loss: str = "cw",
-    key: Array,
-    random_start: bool = True,
-    num_targets: int | None = None,
-    clip: tuple[float, float] | None = None,
-) -> Array:
-    r"""Per-example correctness under PGD, for each radius of ``eps_grid``.
+def robust_correct(apply_fn: ApplyFn, x: Array, y: Array, **kwargs) -> Array:
+    r"""Per-example correctness under PGD, for each radius of ``eps_grid``: ``bool[G, B]``.
 
-    For each ``eps`` in the grid, :func:`pgd` with step size ``step_size_factor * eps /
-    steps`` and an independent key; an example is correct if ``argmax_j
-    apply_fn(x_adv)_j = y`` (at ``eps = 0``: clean correctness). The radii run one after
-    the other (``lax.map``), so memory is that of one attack.
-
-    Args:
-      apply_fn: ``x -> logits``. x: ``float[B, ...]``. y: ``int[B]``.
-      eps_grid: ``float[G]`` radii (e.g. from :func:`eps_grid_for`).
-      norm: ``"l2"`` (default) or ``"linf"``.
-      steps, loss, random_start, num_targets, clip: as :func:`pgd`.
-      step_size_factor: ``alpha = factor * eps / steps``.
-      key: PRNG key.
-
-    Returns:
-      ``bool[G, B]``.
+    For each ``eps`` in the grid, :func:`pgd` on ``apply_fn`` itself (white box) with
+    step size ``step_size_factor * eps / steps`` and an independent key; an example is
+    correct if ``argmax_j apply_fn(x_adv)_j = y`` (at ``eps = 0``: clean correctness).
+    The radii run one after the other (``lax.map``), so memory is that of one attack.
+    The keyword arguments (``eps_grid``, ``norm``, ``steps``, ``step_size_factor``,
+    ``loss``, ``key``, ``random_start``, ``num_targets``, ``clip``) are those of
+    :func:`transfer_correct`, of which this is the case source = target.
     """
-    _check(x, y, norm, loss)
-    kwargs = dict(
-        norm=norm,
-        steps=steps,
-        loss=loss,
-        random_start=random_start,
-        num_targets=num_targets,
-        clip=clip,
-    )
-    x = jnp.asarray(x)
-    return _grid_correct(apply_fn, apply_fn, x, y, eps_grid, key, step_size_factor, kwargs)
+    return transfer_correct(apply_fn, apply_fn, x, y, **kwargs)
 
 
 def robust_accuracy(apply_fn: ApplyFn, x: Array, y: Array, *, where=None, **kwargs) -> Array:
@@ -491,9 +459,22 @@ def transfer_correct(
 ) -> Array:
     r"""Per-example correctness of the *target* on PGD examples crafted on the *source*.
 
-    ``bool[G, B]``; the arguments as :func:`robust_correct`, the attack run on
-    ``source_apply_fn``. A model far more robust to its own (white-box) attack than to
-    examples transferred from another model hides its gradients (gradient masking).
+    For each ``eps`` of the grid, :func:`pgd` on ``source_apply_fn`` (step size
+    ``step_size_factor * eps / steps``, an independent key per radius); an example is
+    correct if the target still predicts ``y`` on it. A model far more robust to its own
+    (white-box) attack (:func:`robust_correct`) than to examples transferred from
+    another model hides its gradients (gradient masking).
+
+    Args:
+      source_apply_fn, target_apply_fn: ``x -> logits``. x: ``float[B, ...]``. y: ``int[B]``.
+      eps_grid: ``float[G]`` radii (e.g. from :func:`eps_grid_for`).
+      norm: ``"l2"`` (default) or ``"linf"``.
+      steps, loss, random_start, num_targets, clip: as :func:`pgd`.
+      step_size_factor: ``alpha = factor * eps / steps``.
+      key: PRNG key.
+
+    Returns:
+      ``bool[G, B]``.
     """
     _check(x, y, norm, loss)
     kwargs = dict(

@@ -147,9 +147,8 @@ def label_smoothing(
     ``optax.losses.softmax_cross_entropy``); ``epsilon = 0`` is cross-entropy.
 
     Args:
-      logits: ``float[B, k]``. labels: ``int[B]``.
       epsilon: smoothing mass in ``[0, 1]``.
-      features, kernel, bias: ignored.
+      logits, labels, features, kernel, bias: as :func:`cross_entropy`.
 
     Returns:
       ``float32[B]``.
@@ -173,9 +172,8 @@ def confidence_penalty(
     ``beta = 0`` is cross-entropy.
 
     Args:
-      logits: ``float[B, k]``. labels: ``int[B]``.
       beta: penalty weight, ``>= 0``.
-      features, kernel, bias: ignored.
+      logits, labels, features, kernel, bias: as :func:`cross_entropy`.
 
     Returns:
       ``float32[B]``.
@@ -197,16 +195,9 @@ def logit_penalty(
 ) -> Array:
     r"""Cross-entropy plus ``beta`` times the squared norm of the logits.
 
-    ``L_i = CE_i + beta ||z_i||_2^2`` (its batch mean is ``mean CE + beta mean ||z||^2``).
-    ``beta = 0`` is cross-entropy.
-
-    Args:
-      logits: ``float[B, k]``. labels: ``int[B]``.
-      beta: penalty weight, ``>= 0``.
-      features, kernel, bias: ignored.
-
-    Returns:
-      ``float32[B]``.
+    ``L_i = CE_i + beta ||z_i||_2^2``, a ``float32[B]`` (its batch mean is ``mean CE +
+    beta mean ||z||^2``), with ``beta >= 0`` the penalty weight; ``beta = 0`` is
+    cross-entropy. The other arguments are those of :func:`cross_entropy`.
 
     References:
       Kornblith et al., "Why Do Better Loss Functions Lead to Less Transferable
@@ -228,9 +219,8 @@ def logit_norm(
     loss is ``log k``); the original code adds ``1e-7`` to the norm instead.
 
     Args:
-      logits: ``float[B, k]``. labels: ``int[B]``.
       tau: temperature, ``> 0`` (smaller: larger normalized logits).
-      features, kernel, bias: ignored.
+      logits, labels, features, kernel, bias: as :func:`cross_entropy`.
 
     Returns:
       ``float32[B]``.

@@ -7,7 +7,7 @@ are float32 whatever ``dtype`` is (the head costs ``d * k`` multiply-adds, nothi
 next to the body, and the loss and the PMM penalty then see float32 inputs).
 
 Attributes shared by every CNN here (``CifarResNet``, ``WideResNet``, ``VGG16BN``,
-``MobileNetV1``):
+``MobileNetV1``), keyword-only, from :class:`BatchNormCNN`:
 
 * ``dtype``: compute dtype of the body; parameters stay float32; the head runs in
   float32 (above);
@@ -35,6 +35,14 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # recipes were tuned with.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+
+
+class BatchNormCNN(nn.Module, kw_only=True):
+    """The keyword-only attributes of every CNN here (see the module docstring)."""
+
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+    bn_momentum: float = BN_MOMENTUM
 
 
 def classifier_head(pre_logits: jax.Array, num_classes: int) -> tuple[jax.Array, dict[str, Any]]:

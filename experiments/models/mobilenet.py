@@ -7,22 +7,11 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments.models.common import (
-    BN_MOMENTUM,
-    batch_norm_partial,
-    check_images,
-    check_positive_int,
-    check_rate,
-    check_width_multiplier,
-    classifier_head,
-    conv_partial,
-)
+from experiments.models import common
 
 # Table 1: (output channels, stride) of the 13 depthwise-separable layers.
 MOBILENET_V1_LAYERS = (
@@ -42,7 +31,7 @@ MOBILENET_V1_LAYERS = (
 )
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(common.BatchNormCNN):
     """MobileNet v1: a strided 3x3 conv, 13 depthwise-separable layers, the head.
 
     Each separable layer is a 3x3 depthwise convolution (stride 1 or 2) and a 1x1
@@ -64,14 +53,11 @@ class MobileNetV1(nn.Module):
     num_classes: int = 1000
     width_multiplier: float = 1.0
     dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-    bn_momentum: float = BN_MOMENTUM
 
     def __post_init__(self):
-        check_positive_int("num_classes", self.num_classes)
-        check_rate("dropout_rate", self.dropout_rate)
-        check_width_multiplier(self.width_multiplier)
+        common.check_positive_int("num_classes", self.num_classes)
+        common.check_rate("dropout_rate", self.dropout_rate)
+        common.check_width_multiplier(self.width_multiplier)
         super().__post_init__()
 
     def _width(self, channels: int) -> int:
@@ -79,9 +65,9 @@ class MobileNetV1(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        check_images(x, "MobileNetV1")
-        conv = conv_partial(self)
-        norm = batch_norm_partial(self, train)
+        common.check_images(x, "MobileNetV1")
+        conv = common.conv_partial(self)
+        norm = common.batch_norm_partial(self, train)
         x = jnp.asarray(x, self.dtype)
         x = conv(self._width(32), (3, 3), strides=2, padding=((1, 1), (1, 1)), name="stem_conv")(x)
         x = nn.relu(norm(name="stem_bn")(x))
@@ -100,4 +86,4 @@ class MobileNetV1(nn.Module):
             x = nn.relu(norm(name=f"pw{i}_bn")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return classifier_head(x, self.num_classes)
+        return common.classifier_head(x, self.num_classes)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.models.common import (
-    BN_MOMENTUM,
+    BatchNormCNN,
     batch_norm_partial,
     check_depth,
     check_images,
@@ -47,7 +47,7 @@ class _BasicBlock(nn.Module):
         return nn.relu(y + shortcut)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(BatchNormCNN):
     """He et al.'s CIFAR ResNet of depth ``6n + 2`` (20, 32, 44, 56, 110, ...).
 
     A 3x3 convolution with 16 channels, then three stages of ``n`` basic blocks
@@ -78,9 +78,6 @@ class CifarResNet(nn.Module):
     depth: int
     num_classes: int = 10
     width: int = 16
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-    bn_momentum: float = BN_MOMENTUM
 
     def __post_init__(self):
         check_positive_int("num_classes", self.num_classes)

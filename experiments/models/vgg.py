@@ -9,14 +9,13 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from experiments.models.common import (
-    BN_MOMENTUM,
+    BatchNormCNN,
     batch_norm_partial,
     check_images,
     check_positive_int,
@@ -31,7 +30,7 @@ VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 VGG16_LAYERS += (512, 512, 512, "M")
 
 
-class VGG16BN(nn.Module):
+class VGG16BN(BatchNormCNN):
     """VGG-16 (13 conv-BN-ReLU layers, 5 max-pools) with a CIFAR classifier.
 
     The 13 3x3 convolutions of configuration D, each followed by BatchNorm and
@@ -65,9 +64,6 @@ class VGG16BN(nn.Module):
     mlp_dims: Sequence[int] = ()
     dropout_rate: float = 0.0
     width_multiplier: float = 1.0
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-    bn_momentum: float = BN_MOMENTUM
 
     def __post_init__(self):
         check_positive_int("num_classes", self.num_classes)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.models.common import (
-    BN_MOMENTUM,
+    BatchNormCNN,
     batch_norm_partial,
     check_depth,
     check_images,
@@ -53,7 +53,7 @@ class _PreActBlock(nn.Module):
         return y + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(BatchNormCNN):
     """WRN-``depth``-``widen_factor``: a pre-activation ResNet, wide and shallow.
 
     A 3x3 convolution with 16 channels, three groups of ``n = (depth - 4) / 6``
@@ -77,9 +77,6 @@ class WideResNet(nn.Module):
     widen_factor: int = 10
     num_classes: int = 100
     dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-    bn_momentum: float = BN_MOMENTUM
 
     def __post_init__(self):
         check_depth("WideResNet", self.depth, 4, "16, 22, 28, 40")

@@ -43,34 +43,20 @@ class WorkdirError(OSError):
     """The workdir cannot be used: not a directory, not writable, no space."""
 
 
+def _file(name: str) -> property:
+    return property(lambda self: os.path.join(self.path, name), doc=f"Its ``{name}``.")
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodDir:
     """One method's directory and the files in it."""
 
     path: str
-
-    def file(self, name: str) -> str:
-        return os.path.join(self.path, name)
-
-    @property
-    def config(self) -> str:
-        return self.file(CONFIG)
-
-    @property
-    def result(self) -> str:
-        return self.file(RESULT)
-
-    @property
-    def examples(self) -> str:
-        return self.file(EXAMPLES)
-
-    @property
-    def checkpoints(self) -> str:
-        return self.file(CHECKPOINTS)
-
-    @property
-    def best(self) -> str:
-        return self.file(BEST)
+    config = _file(CONFIG)
+    result = _file(RESULT)
+    examples = _file(EXAMPLES)
+    checkpoints = _file(CHECKPOINTS)
+    best = _file(BEST)
 
     def has_work(self) -> bool:
         """Whether it holds a result or a checkpoint step directory."""

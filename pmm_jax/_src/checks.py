@@ -45,25 +45,32 @@ def _shape_of(x) -> tuple[int, ...]:
     return tuple(np.shape(x))
 
 
+def _check_dtype_kind(name: str, x, kind, what: str) -> None:
+    dtype = _dtype_of(x, name)
+    if not jnp.issubdtype(dtype, kind):
+        raise TypeError(f"`{name}` must {what.format(dtype=dtype, shape=_shape_of(x))}")
+
+
 def check_floating(name: str, x) -> None:
     """Raises ``TypeError`` unless ``x`` has a floating dtype."""
-    dtype = _dtype_of(x, name)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"`{name}` must have a floating dtype (float32, bfloat16, float16, ...); "
-            f"got {dtype} with shape {_shape_of(x)}."
-        )
+    _check_dtype_kind(
+        name,
+        x,
+        jnp.floating,
+        "have a floating dtype (float32, bfloat16, float16, ...); got {dtype} with shape "
+        "{shape}.",
+    )
 
 
 def check_integer(name: str, x) -> None:
     """Raises ``TypeError`` unless ``x`` has an integer dtype."""
-    dtype = _dtype_of(x, name)
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(
-            f"`{name}` must hold integer class indices (int32/int64); got dtype "
-            f"{dtype} with shape {_shape_of(x)}. One-hot labels are not accepted: "
-            "pass `labels.argmax(-1)`."
-        )
+    _check_dtype_kind(
+        name,
+        x,
+        jnp.integer,
+        "hold integer class indices (int32/int64); got dtype {dtype} with shape {shape}. "
+        "One-hot labels are not accepted: pass `labels.argmax(-1)`.",
+    )
 
 
 def check_rank(name: str, x, rank: int, layout: str) -> None:
