@@ -385,6 +385,24 @@ DEFAULT_GRIDS: dict[str, tuple[dict[str, float], ...]] = {
 }
 
 
+def prediction_scores(name: str, **hyper: Any):
+    """The scores objective ``name`` trains the model to predict with, when they are not
+    the head's logits: ``(logits, *, features, kernel, bias) -> float32[B, k]``, or None.
+
+    AM-softmax trains ``scale * cos theta`` (:func:`cosine_logits`), so its predictions,
+    accuracy and attacks use those; every other objective predicts with the logits.
+    """
+    if name != "am_softmax":
+        return None
+    scale = {**OBJECTIVES[name][1], **hyper}["scale"]
+
+    def scores(logits, *, features, kernel, bias=None) -> Array:
+        del logits, bias
+        return scale * cosine_logits(features, kernel)
+
+    return scores
+
+
 def get_objective(name: str, **hyper: Any) -> Objective:
     """The objective ``name`` with its hyperparameters bound (defaults for the rest).
 

@@ -16,7 +16,7 @@ BASE_LOSSES = {
 OPTIMIZERS = ("sgd", "adam", "adamw")
 # "linear_decay" (the lr, down to 0) is named apart from alpha's "linear" (a ramp up).
 LR_SCHEDULES = ("constant", "step", "cosine", "linear_decay")
-ALPHA_SCHEDULES = ("none", "constant", "linear", "epoch_linear")
+ALPHA_SCHEDULES = ("none", "constant", "linear", "epoch_linear", "auto")
 WEIGHT_DECAY_MASKS = ("all", "kernels")
 
 
@@ -82,8 +82,13 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int) -> optax.Grad
     return opt
 
 
-def make_alpha(pmm_config, steps_per_epoch: int, total_steps: int):
+def make_alpha(pmm_config, steps_per_epoch: int, total_steps: int, *, ratio: float | None = None):
     """The PMM weight from ``config.pmm``: None (off), a float or an optax schedule.
+
+    ``auto`` (the self-calibrating alpha, ``experiments/run/calibrate.py``): the paper's
+    ramp shape, ``alpha_end / 100 -> alpha_end`` per step, in units of ``ratio``, the
+    base risk / penalty ratio measured at the start (required then): ``alpha_end = 1``
+    ends with the penalty weighing, at the initial scale, what the base risk did.
 
     ``alpha_schedule``: ``none``; ``constant`` (``alpha_end``: a ramp with init =
     end, so that one field sets alpha whatever the schedule); ``linear`` (per step,
@@ -99,6 +104,11 @@ def make_alpha(pmm_config, steps_per_epoch: int, total_steps: int):
         return pmm_jax.linear_alpha_schedule(
             pmm_config.alpha_init, pmm_config.alpha_end, total_steps=total_steps
         )
+    if kind == "auto":
+        if ratio is None:
+            raise ValueError("alpha_schedule='auto' needs the measured ratio (calibrate first).")
+        end = pmm_config.alpha_end * ratio
+        return pmm_jax.linear_alpha_schedule(end / 100, end, total_steps=total_steps)
     if kind == "epoch_linear":
         return pmm_jax.epoch_linear_alpha_schedule(
             pmm_config.alpha_init,

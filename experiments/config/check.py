@@ -26,7 +26,7 @@ from typing import Any
 
 import ml_collections
 
-from experiments import models
+from experiments import models, objectives
 from experiments.config import plan
 from experiments.config.fields import BASE_ONLY, CONTAINERS, FIELDS, OPEN
 from experiments.config.methods import merge, set_paths, shadowed_overrides, touches
@@ -92,6 +92,8 @@ def cross_checks(c: Mapping, ctx: Context) -> list[_Found]:
         found.append(_Found(p.field, get(c, p.field), p.allowed, (p.field, *p.involves)))
     found += _value_checks(c, ok)
     found += _model_argument_checks(c, ok)
+    found += _objective_checks(c, ok)
+    found += _layer_checks(c, ok)
     if ctx.eval_splits is not None:  # split names, once the dataset says which it has
         for field in ("eval_split", "final_split"):
             if get(c, field, "test") not in ctx.eval_splits:
@@ -179,6 +181,75 @@ def _model_argument_checks(c: Mapping, ok: dict) -> list[_Found]:
         )
         for key in sorted(set(kwargs) - known)
     ]
+
+
+def _objective_checks(c: Mapping, ok: dict) -> list[_Found]:
+    """A rival objective's hyperparameters, and no second base loss beside it."""
+    name = get(c, "objective.name", "base_loss")
+    if not ok["objective.name"] or name == "base_loss":
+        return []
+    found = []
+    known = objectives.OBJECTIVES[name][1]
+    kwargs = get(c, "objective.kwargs", {})
+    for key in sorted(set(kwargs) - set(known)) if isinstance(kwargs, Mapping) else ():
+        found.append(
+            _Found(
+                f"objective.kwargs.{key}",
+                kwargs[key],
+                f"is not a hyperparameter of objective {name!r} (it takes "
+                f"{', '.join(known) or 'none'}){did_you_mean(key, known)}",
+                (f"objective.kwargs.{key}", "objective.name"),
+            )
+        )
+    if not found and isinstance(kwargs, Mapping):
+        try:
+            objectives.get_objective(name, **kwargs)
+        except ValueError as e:
+            found.append(_Found("objective.kwargs", dict(kwargs), str(e), ("objective",)))
+    if get(c, "pmm.base_loss", "cross_entropy") != "cross_entropy":
+        found.append(
+            _Found(
+                "pmm.base_loss",
+                get(c, "pmm.base_loss"),
+                f"must be 'cross_entropy' with objective.name={name!r} (the objective is "
+                "the base risk; for the hinge use objective.name='multiclass_hinge')",
+                ("pmm.base_loss", "objective.name"),
+            )
+        )
+    return found
+
+
+def _layer_checks(c: Mapping, ok: dict) -> list[_Found]:
+    """``pmm.layers`` names the head or layers the model marks; weights match them."""
+    layers = get(c, "pmm.layers", ("head",))
+    if not (ok["pmm.layers"] and ok["model"]):
+        return []
+    found = []
+    offered = ("head", *models.layer_points(get(c, "model")))
+    for name in layers:
+        if name not in offered:
+            found.append(
+                _Found(
+                    "pmm.layers",
+                    tuple(layers),
+                    f"{name!r} is not a layer of model {get(c, 'model')!r}: it offers "
+                    f"{', '.join(map(repr, offered))}{did_you_mean(name, offered)}",
+                    ("pmm.layers", "model"),
+                )
+            )
+    if len(set(layers)) != len(layers):
+        found.append(_Found("pmm.layers", tuple(layers), "names a layer twice", ("pmm.layers",)))
+    weights = get(c, "pmm.layer_weights", ())
+    if ok["pmm.layer_weights"] and weights and len(weights) != len(layers):
+        found.append(
+            _Found(
+                "pmm.layer_weights",
+                tuple(weights),
+                f"must give one weight per layer of pmm.layers ({len(layers)}), or none (all 1)",
+                ("pmm.layer_weights", "pmm.layers"),
+            )
+        )
+    return found
 
 
 def _check_one(c: Mapping, ctx: Context) -> list[_Found]:

@@ -48,8 +48,10 @@ from experiments.config.rules import (
 from experiments.data.registry import DATASET_NAMES, is_dataset_name
 from experiments.evaluators import EVALUATOR_NAMES
 from experiments.models import MODEL_NAMES
+from experiments.objectives import OBJECTIVE_NAMES
 
 NO_DEFAULT = object()
+_BASE_OBJECTIVE = {"name": "base_loss", "kwargs": {}}
 
 # How the runs (methods x seeds) of a group share a program (experiments/run/forms.py):
 # a form, scanned over the call's steps, or with LOOP one program per step.
@@ -134,6 +136,17 @@ FIELDS: dict[str, Field] = {
     # r^2 (mean_i ||w_y - w_m||)^2; "sum" = B x "mean".
     "pmm.penalty_reduction": _req(one_of(pmm_jax.PENALTY_REDUCTIONS), "mean"),
     "pmm.stop_radius_gradient": _req(BOOL, False),
+    # Where PMM applies: "head" (the classifier head) and/or layers the model marks
+    # (experiments.models.layer_points), weighted by layer_weights (empty: all 1).
+    "pmm.layers": _f(tuple_of(NAME, "layer names", nonempty=True), ("head",), legacy=("head",)),
+    "pmm.layer_weights": _f(tuple_of(NONNEGATIVE, "weights >= 0"), (), legacy=()),
+    # alpha_schedule="auto": steps whose base risk / penalty ratio scales alpha.
+    "pmm.calibration_steps": _f(integer(1), 100, legacy=100),
+    # The training objective: "base_loss" (pmm.base_loss: cross-entropy or hinge) or a
+    # rival of experiments/objectives.py with its hyperparameters in kwargs.
+    "objective": _f(DICT, {"name": "base_loss", "kwargs": {}}, legacy=_BASE_OBJECTIVE),
+    "objective.name": _f(one_of(("base_loss", *OBJECTIVE_NAMES))),
+    "objective.kwargs": _f(DICT),
     # Steps, logs, evaluation, checkpoints (experiments.config.plan).
     "steps_per_call": _req(integer(1), 100, loop=True),  # steps fused into one jitted call
     # > 0: that many epochs per call instead (whole epochs on the device).
@@ -187,7 +200,7 @@ FIELDS: dict[str, Field] = {
     "sweep.dropout_rates": _f(tuple_of(RATE, "rates in [0, 1)")),
 }
 # Dicts whose keys belong to a model or a dataset: anything goes below them.
-OPEN = ("dataset_kwargs", "model_kwargs")
+OPEN = ("dataset_kwargs", "model_kwargs", "objective.kwargs")
 # Dicts of fields (their keys are checked against FIELDS).
 CONTAINERS = tuple(sorted({p.rsplit(".", 1)[0] for p in FIELDS if "." in p} - set(OPEN)))
 BASE_ONLY = tuple(p for p, f in FIELDS.items() if f.base_only)

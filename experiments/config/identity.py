@@ -12,7 +12,6 @@ their :data:`~experiments.config.fields.LOOP_FIELDS` are equal (:func:`group_met
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -42,13 +41,19 @@ def _drop(d: dict, path: str) -> None:
 
 def hashed_fields(config: ml_collections.ConfigDict | Mapping) -> dict:
     """The fields that decide what a run computes, JSON-normalized (tuples -> lists)."""
-    fields = copy.deepcopy(_plain(config))
+    fields = _normalized(_plain(config))
     for path in UNHASHED:
         _drop(fields, path)
     for path, legacy in LEGACY.items():
-        if get(fields, path) == legacy:
+        if get(fields, path) == _normalized(legacy):
             _drop(fields, path)
-    return json.loads(json.dumps(fields, sort_keys=True, default=str))
+    return fields
+
+
+def _normalized(value):
+    """``value`` as JSON gives it back (tuples -> lists, keys sorted): a config and its
+    ``config.json`` compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def config_hash(config: ml_collections.ConfigDict | Mapping) -> str:

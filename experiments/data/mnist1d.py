@@ -49,18 +49,23 @@ def load_arrays(seed: int = 42) -> dict[str, np.ndarray]:
     }
 
 
-def _preprocess(rng, batch, train):
-    del rng, train
-    return batch
-
-
-def get_dataset(*, validation_size: int = 0, data_seed: int = 42) -> Dataset:
+def get_dataset(
+    *,
+    validation_size: int = 0,
+    data_seed: int = 42,
+    label_noise: float = 0.0,
+    label_noise_seed: int = 0,
+) -> Dataset:
     """MNIST-1D as a :class:`experiments.data.base.Dataset`.
 
     Args:
       validation_size: hold out the last this-many training examples as the
         ``"validation"`` split (0: no validation split).
       data_seed: the generator's seed (42 is the official dataset).
+      label_noise: symmetric label noise on the training and validation splits, each
+        noisy label a uniformly drawn other class (``experiments/data/noise.py``:
+        one draw per training seed, the test split clean); 0 = none.
+      label_noise_seed: the noise's seed (recorded in the results).
     """
     raw = load_arrays(data_seed)
     n = len(raw["y"])
@@ -73,21 +78,13 @@ def get_dataset(*, validation_size: int = 0, data_seed: int = 42) -> Dataset:
     }
     if validation_size:
         splits["validation"] = {"x": raw["x"][cut:], "y": raw["y"][cut:]}
-
-    def eval_iter(split, global_batch_size, process_index=0, process_count=1):
-        if split not in splits:
-            raise ValueError(f"MNIST-1D has no split {split!r}; it has {sorted(splits)}.")
-        return arrays.eval_stream(splits[split], global_batch_size, process_index, process_count)
-
-    return Dataset(
-        name="mnist1d",
+    return arrays.dataset(
+        "mnist1d",
+        splits,
         num_classes=NUM_CLASSES,
-        num_train=cut,
         input_spec={"x": ((LENGTH,), "float32")},
-        train_iter=functools.partial(arrays.train_stream, splits["train"]),
-        eval_iter=eval_iter,
-        eval_splits=tuple(s for s in ("validation", "test") if s in splits),
-        preprocess=_preprocess,
+        label_noise=label_noise,
+        label_noise_seed=label_noise_seed,
     )
 
 

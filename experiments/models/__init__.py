@@ -67,6 +67,14 @@ def model_arguments(name: str) -> set[str] | None:
     return set(params) - {"num_classes", "parent", "name"}
 
 
+def layer_points(name: str) -> tuple[str, ...]:
+    """The layers model ``name`` marks for PMM at hidden layers (``POINTS``; () if none)."""
+    if name not in _REGISTRY:
+        return ()
+    module, cls = _REGISTRY[name]
+    return tuple(getattr(getattr(importlib.import_module(module), cls), "POINTS", ()))
+
+
 def _pretrained_module(name: str):
     if name not in _PRETRAINED:
         raise ValueError(

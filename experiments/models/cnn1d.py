@@ -8,8 +8,12 @@ it (MLP ~68%, logistic regression ~32%).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax.numpy as jnp
+
+from pmm_jax.training import layer_point
 
 
 class Conv1D(nn.Module):
@@ -53,8 +57,12 @@ class ConvNet1D(nn.Module):
       channels: channels of each conv layer (25 in the published model).
       dropout_rate: dropout on the features in front of the head (0 = none).
       dtype: compute dtype.
+
+    Layers marked for PMM at hidden layers (``pmm.layers``): ``block1`` .. ``block3``,
+    each conv layer's output after its ReLU ([B, 19 | 10 | 5, channels]).
     """
 
+    POINTS: ClassVar[tuple[str, ...]] = ("block1", "block2", "block3")
     num_classes: int = 10
     channels: int = 25
     dropout_rate: float = 0.0
@@ -67,7 +75,7 @@ class ConvNet1D(nn.Module):
         x = x.astype(self.dtype)
         for i, (kernel, stride) in enumerate([(5, 2), (3, 2), (3, 2)]):
             x = Conv1D(self.channels, kernel, stride, 1, dtype=self.dtype, name=f"conv{i + 1}")(x)
-            x = nn.relu(x)
+            x = layer_point(self, f"block{i + 1}", nn.relu(x))  # for PMM at hidden layers
         feats = x.reshape(x.shape[0], -1)
         feats = nn.Dropout(self.dropout_rate, deterministic=not train)(feats)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(feats)
@@ -75,8 +83,13 @@ class ConvNet1D(nn.Module):
 
 
 class MLP(nn.Module):
-    """A ReLU MLP (MNIST-1D's baseline MLP has two hidden layers of 100)."""
+    """A ReLU MLP (MNIST-1D's baseline MLP has two hidden layers of 100).
 
+    Layer marked for PMM at hidden layers (``pmm.layers``): ``hidden1``, the first
+    hidden layer's output (the last one is the head's input, ``"head"``).
+    """
+
+    POINTS: ClassVar[tuple[str, ...]] = ("hidden1",)
     num_classes: int = 10
     hidden: tuple[int, ...] = (100, 100)
     dropout_rate: float = 0.0
@@ -87,5 +100,7 @@ class MLP(nn.Module):
         x = x.reshape(x.shape[0], -1).astype(self.dtype)
         for i, width in enumerate(self.hidden):
             x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"dense{i + 1}")(x))
+            if i == 0:
+                x = layer_point(self, "hidden1", x)  # for PMM at hidden layers
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x), {"pre_logits": x}

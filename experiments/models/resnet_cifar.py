@@ -7,7 +7,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -22,6 +22,7 @@ from experiments.models.common import (
     classifier_head,
     conv_partial,
 )
+from pmm_jax.training import layer_point
 
 
 class _BasicBlock(nn.Module):
@@ -70,11 +71,15 @@ class CifarResNet(BatchNormCNN):
       dtype, bn_axis_name, bn_momentum: the body's compute dtype and BatchNorm
         settings, as in every CNN here (``experiments/models/common.py``).
 
+    Layers marked for PMM at hidden layers (``pmm.layers``): ``stage1`` .. ``stage3``,
+    each stage's output.
+
     Call: ``model.apply(variables, x, train=..., mutable=["batch_stats"])`` with
     ``x`` float ``[B, H, W, 3]`` (normalized images); returns ``(logits,
     {"pre_logits": [B, 4 width]})``.
     """
 
+    POINTS: ClassVar[tuple[str, ...]] = ("stage1", "stage2", "stage3")
     depth: int
     num_classes: int = 10
     width: int = 16
@@ -103,5 +108,6 @@ class CifarResNet(BatchNormCNN):
                     norm=norm,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x)
+            x = layer_point(self, f"stage{stage + 1}", x)  # for PMM at hidden layers
         x = jnp.mean(x, axis=(1, 2))
         return classifier_head(x, self.num_classes)

@@ -85,6 +85,10 @@ def finish(s: Session, state, *, runs_info: dict) -> MethodResult:
         "nonfinite_steps": [int(n) for n in skipped],
         "runs": runs_info,
     }
+    if (noise := dataset.extra.get("label_noise")) is not None:
+        extra["label_noise"] = noise(trainee.seeds)  # the fractions actually flipped
+    if "alpha_calibration" in s.log.meta:
+        extra["alpha_calibration"] = s.log.meta["alpha_calibration"]
     if s.best_ckpt is not None and (best := _best(s, state, final_split)) is not None:
         extra["best"] = best
     outs = eval_outputs(trainee, state, dataset, final_split, config.eval_batch_size)

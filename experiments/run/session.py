@@ -16,7 +16,8 @@ from jax.sharding import Mesh
 
 from experiments.config.plan import Plan, plan_of
 from experiments.data.base import Dataset
-from experiments.run.build import Trainee, build
+from experiments.run import calibrate
+from experiments.run.build import Trainee, build, initial_state_fn
 from experiments.run.logs import MetricsLog, best_from_curves
 from experiments.run.workdir import MethodDir
 from pmm_jax import training
@@ -64,17 +65,23 @@ def start(
       ``(session, state, step)``: the state restored (or initial) and its step.
     """
     plan = plan_of(config, dataset.num_train)
-    trainee = build(config, dataset, mesh, plan)
     ckpt = training.Checkpointer(
         mdir.checkpoints, save_every=plan.every["checkpoint"], keep=config.keep_checkpoints
     )
     best_ckpt = None
     if config.get("save_best", False):  # select on validation!
         best_ckpt = training.Checkpointer(mdir.best, save_every=1, keep=1)
-    state = trainee.initial_state()
+    state = initial_state_fn(config, dataset, mesh, plan)()
     state = ckpt.restore_latest(state) or state
     step = step_of(state)
     log = MetricsLog(mdir.path, start_step=step)
+    trainee = build(
+        config,
+        dataset,
+        mesh,
+        plan,
+        alpha_ratio=_alpha_ratio(config, dataset, mesh, plan, log, name),
+    )
     clock = Clock(log.meta.get("wall_time_s", 0.0))
     session = Session(name, config, dataset, plan, trainee, mdir, ckpt, best_ckpt, log, clock)
     if best_ckpt is not None and "best_acc" not in log.meta:
@@ -85,6 +92,24 @@ def start(
     if step:
         print(f"[{name}] resuming at step {step}/{plan.total}", flush=True)
     return session, state, step
+
+
+def _alpha_ratio(config, dataset, mesh, plan, log: MetricsLog, name: str) -> float | None:
+    """``alpha_schedule="auto"``'s measured ratio: recorded in ``meta.json`` (read back
+    on resume), or measured now (``experiments/run/calibrate.py``)."""
+    if config.pmm.get("alpha_schedule") != "auto":
+        return None
+    record = log.meta.get("alpha_calibration")
+    if not (isinstance(record, dict) and isinstance(record.get("ratio"), float)):
+        record = calibrate.measure(config, dataset, mesh, plan)
+        log.set_meta(alpha_calibration=record)
+    end = config.pmm.alpha_end * record["ratio"]
+    print(
+        f"[{name}] alpha 'auto': base risk / penalty at the start = {record['ratio']:.4g} "
+        f"(over {record['steps']} steps); alpha ramps {end / 100:.3g} -> {end:.3g}",
+        flush=True,
+    )
+    return record["ratio"]
 
 
 class GroupOutOfStepError(RuntimeError):

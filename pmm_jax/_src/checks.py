@@ -57,8 +57,7 @@ def check_floating(name: str, x) -> None:
         name,
         x,
         jnp.floating,
-        "have a floating dtype (float32, bfloat16, float16, ...); got {dtype} with shape "
-        "{shape}.",
+        "have a floating dtype (float32, bfloat16, float16, ...); got {dtype} with shape {shape}.",
     )
 
 

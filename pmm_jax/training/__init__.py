@@ -8,6 +8,7 @@ Needs Flax and orbax-checkpoint (``pip install "pmm_jax[training]"``);
 from pmm_jax.training import _deps  # noqa: F401, I001
 
 from pmm_jax.training.adapters import with_pre_logits
+from pmm_jax.training.layer_points import layer_point
 from pmm_jax.training.checkpoint import (
     CheckpointCorruptWarning,
     Checkpointer,
@@ -45,6 +46,7 @@ __all__ = [
     "create_train_state",
     "gather_to_host",
     "jit_sharded",
+    "layer_point",
     "make_eval_step",
     "make_mesh",
     "make_train_step",

@@ -17,6 +17,7 @@ rounding); ``tests/test_training_parallel.py`` checks it on 8 fake CPU devices.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from jax import lax
 
 import pmm_jax
 from pmm_jax._src.numerics import masked_min, mean_share
+from pmm_jax.training.layer_points import POINTS, batch_statistics, rest_of_network
 from pmm_jax.training.state import TrainState
 
 Batch = dict[str, Any]
@@ -46,18 +48,21 @@ def step_rng(state: TrainState, axis_name=None) -> jax.Array:
     return rng
 
 
-def _apply(state, params, batch_stats, x, *, train, rng=None):
-    """Runs the model; returns ``(logits, pre_logits, new_batch_stats)``."""
+def _apply(state, params, batch_stats, x, *, train, rng=None, points=False):
+    """Runs the model; returns ``(logits, pre_logits, new_batch_stats, layer features)``
+    (the features sown by :func:`layer_point` calls when ``points``, else ``{}``)."""
     variables = {"params": params}
     if batch_stats:
         variables["batch_stats"] = batch_stats
     kwargs = {}
     if rng is not None:
         kwargs["rngs"] = {"dropout": rng}
-    new_stats = batch_stats
-    if train and batch_stats:
-        out, updates = state.apply_fn(variables, x, train=True, mutable=["batch_stats"], **kwargs)
-        new_stats = updates["batch_stats"]
+    new_stats, sown = batch_stats, {}
+    mutable = (["batch_stats"] if train and batch_stats else []) + ([POINTS] if points else [])
+    if mutable:
+        out, updates = state.apply_fn(variables, x, train=train, mutable=mutable, **kwargs)
+        new_stats = updates.get("batch_stats", batch_stats)
+        sown = updates.get(POINTS, {})
     else:
         out = state.apply_fn(variables, x, train=train, **kwargs)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)) or (
@@ -68,7 +73,38 @@ def _apply(state, params, batch_stats, x, *, train, rng=None):
             "wrap models that return plain logits with pmm_jax.training.with_pre_logits."
         )
     logits, aux = out
-    return logits, aux["pre_logits"], new_stats
+    return logits, aux["pre_logits"], new_stats, sown
+
+
+HEAD = "head"  # in ``pmm_layers``: the classifier head's input, ``aux["pre_logits"]``
+
+
+def _layer_weights(pmm_layers) -> tuple[tuple[str, float], ...] | None:
+    """``pmm_layers`` as ``((name, weight), ...)``; None for the head alone (pmm_loss)."""
+    if pmm_layers is None:
+        return None
+    out = []
+    for item in pmm_layers:
+        name, weight = (item, 1.0) if isinstance(item, str) else item
+        if not isinstance(name, str) or not (float(weight) >= 0.0):
+            raise ValueError(
+                "`pmm_layers` must hold layer names or (name, weight >= 0) pairs, e.g. "
+                f"('stage2', ('head', 1.0)); got {pmm_layers!r}."
+            )
+        out.append((name, float(weight)))
+    if not out:
+        raise ValueError("`pmm_layers` names no layer; pass None for the head alone.")
+    if out == [(HEAD, 1.0)]:
+        return None  # exactly pmm_loss
+    return tuple(out)
+
+
+def _with_head(base_loss, uses_head: bool, params, head, feats):
+    """``base_loss`` as ``(logits, labels) -> [B]`` (given the head when it takes it)."""
+    if not uses_head:
+        return base_loss
+    kernel, bias = pmm_jax.find_head(params, head)
+    return functools.partial(base_loss, features=feats, kernel=kernel, bias=bias)
 
 
 def make_train_step(
@@ -81,6 +117,9 @@ def make_train_step(
     axis_name: str | None = None,
     preprocess: Preprocess | None = None,
     margin_metrics: bool = True,
+    base_loss_uses_head: bool = False,
+    pmm_layers: Sequence[str | tuple[str, float]] | None = None,
+    bn_momentum: float = 0.9,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds a pure ``(state, batch) -> (state, metrics)`` training step.
 
@@ -107,6 +146,18 @@ def make_train_step(
       preprocess: ``(rng, batch, train) -> batch`` run inside the step.
       margin_metrics: also report radius and normalized pairwise margins (cheap;
         computed without gradient). Turn off for benchmarking the bare loss.
+      base_loss_uses_head: ``base_loss`` is called as ``base_loss(logits, labels, *,
+        features, kernel, bias)`` with the head's input and parameters (losses on
+        normalized features and class vectors, e.g. AM-softmax).
+      pmm_layers: where PMM applies, with weights: layer names or ``(name, weight)``
+        pairs; ``"head"`` is the classifier head (the default, ``None``: the head alone,
+        :func:`pmm_jax.pmm_loss`); other names are layers the model marks with
+        :func:`pmm_jax.training.layer_point`. Then the objective is
+        :func:`pmm_jax.layer_pmm_loss` over those layers, each layer's ``fn`` the rest of
+        the network in inference mode with this batch's BatchNorm statistics held
+        constant (no dropout in that pass).
+      bn_momentum: the models' BatchNorm momentum, to recover the batch statistics
+        from the running averages (only with hidden ``pmm_layers``).
 
     Returns:
       ``train_step(state, batch)`` where ``batch = {"x": ..., "y": int[B]}`` and
@@ -115,35 +166,17 @@ def make_train_step(
       min_margin, nonfinite_steps``.
     """
     preprocess = preprocess or _identity_preprocess
-    use_pmm = alpha is not None
-
-    def loss_fn(params, state, batch, rng):
-        logits, feats, new_stats = _apply(
-            state, params, state.batch_stats, batch["x"], train=True, rng=rng
-        )
-        labels = batch["y"]
-        where = batch.get("mask")  # the batch's padding mask is the library's `where`
-        if use_pmm:
-            kernel, _ = pmm_jax.find_head(params, head)
-            loss, parts = pmm_jax.pmm_loss(
-                logits,
-                labels,
-                feats,
-                kernel,
-                alpha=alpha,
-                step=state.step,
-                base_loss=base_loss,
-                penalty_reduction=penalty_reduction,
-                where=where,
-                axis_name=axis_name,
-                stop_radius_gradient=stop_radius_gradient,
-            )
-        else:
-            valid = jnp.ones(labels.shape, bool) if where is None else where
-            per_example = base_loss(logits, labels).astype(jnp.float32)
-            loss = mean_share(per_example, valid, axis_name)
-            parts = {"base_risk": loss, "penalty": jnp.zeros(()), "alpha": jnp.zeros(())}
-        return loss, (parts, logits, feats, new_stats)
+    loss_fn = _make_loss_fn(
+        alpha=alpha,
+        base_loss=base_loss,
+        base_loss_uses_head=base_loss_uses_head,
+        layers=_layer_weights(pmm_layers) if alpha is not None else None,
+        bn_momentum=bn_momentum,
+        head=head,
+        axis_name=axis_name,
+        penalty_reduction=penalty_reduction,
+        stop_radius_gradient=stop_radius_gradient,
+    )
 
     def train_step(state: TrainState, batch: Batch):
         rng = step_rng(state, axis_name)
@@ -197,6 +230,64 @@ def make_train_step(
     return train_step
 
 
+def _make_loss_fn(*, alpha, base_loss, base_loss_uses_head, layers, bn_momentum, head, **options):
+    """``(params, state, batch, rng) -> (loss, (parts, logits, features, new_stats))``:
+    the base risk alone (``alpha=None``), plus PMM at the head (``pmm_loss``), or plus
+    PMM at ``layers`` (``layer_pmm_loss``)."""
+    use_pmm = alpha is not None
+    hidden = bool(layers) and any(name != HEAD for name, _ in layers)
+    axis_name = options["axis_name"]
+
+    def loss_fn(params, state, batch, rng):
+        logits, feats, new_stats, sown = _apply(
+            state, params, state.batch_stats, batch["x"], train=True, rng=rng, points=hidden
+        )
+        labels = batch["y"]
+        where = batch.get("mask")  # the batch's padding mask is the library's `where`
+        base = _with_head(base_loss, base_loss_uses_head, params, head, feats)
+        common = dict(alpha=alpha, step=state.step, base_loss=base, where=where, **options)
+        if layers is not None:
+            stats = new_stats
+            if hidden and state.batch_stats:
+                stats = batch_statistics(new_stats, state.batch_stats, bn_momentum)
+            terms = [
+                _layer_term(state, params, stats, batch["x"], name, weight, sown, feats, head)
+                for name, weight in layers
+            ]
+            loss, parts = pmm_jax.layer_pmm_loss(logits, labels, terms, **common)
+        elif use_pmm:
+            kernel, _ = pmm_jax.find_head(params, head)
+            loss, parts = pmm_jax.pmm_loss(logits, labels, feats, kernel, **common)
+        else:
+            valid = jnp.ones(labels.shape, bool) if where is None else where
+            per_example = base(logits, labels).astype(jnp.float32)
+            loss = mean_share(per_example, valid, axis_name)
+            parts = {"base_risk": loss, "penalty": jnp.zeros(()), "alpha": jnp.zeros(())}
+        return loss, (parts, logits, feats, new_stats)
+
+    return loss_fn
+
+
+def _layer_term(state, params, stats, x, name, weight, sown, feats, head):
+    """``(fn, features, weight)`` of one layer of ``pmm_layers`` for layer_pmm_loss."""
+    if name == HEAD:
+        kernel, bias = pmm_jax.find_head(params, head)
+
+        def head_fn(f):
+            out = f.astype(jnp.float32) @ kernel.astype(jnp.float32)
+            return out if bias is None else out + bias.astype(jnp.float32)
+
+        return head_fn, feats, weight
+    if name not in sown:
+        raise ValueError(
+            f"`pmm_layers` names layer {name!r}, which the model does not mark: it marks "
+            f"{sorted(sown) or 'none'} (pmm_jax.training.layer_point(self, NAME, h) in its "
+            "__call__), and 'head' is the classifier head."
+        )
+    h = sown[name]
+    return rest_of_network(state.apply_fn, params, stats, x, name, h), h, weight
+
+
 def _classification_metrics(state, logits, feats, batch, parts, *, axis_name, margins, head):
     """Accuracy and, if ``margins``, the radius and normalized pairwise margins.
 
@@ -233,12 +324,21 @@ def make_eval_step(
     head: str | Sequence[str] = "head",
     axis_name: str | None = None,
     preprocess: Preprocess | None = None,
+    base_loss_uses_head: bool = False,
+    scores: Callable | None = None,
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """Builds ``(state, batch) -> per-example outputs`` for evaluation.
 
     Padded rows (``batch["mask"] == False``) are excluded from the radius and
     reported with ``mask=False`` so that the caller drops them. The radius used
     to normalize margins is the radius of this (global) eval batch.
+
+    Args:
+      base_loss, head, axis_name, preprocess, base_loss_uses_head: as
+        :func:`make_train_step`.
+      scores: optional ``(logits, *, features, kernel, bias) -> float[B, k]``, the
+        scores the model predicts with when they are not the head's logits (e.g.
+        AM-softmax's scaled cosines); ``pred`` and ``correct`` use them.
 
     Returns:
       ``eval_step(state, batch)`` returning a dict of per-example arrays:
@@ -252,23 +352,29 @@ def make_eval_step(
 
     def eval_step(state: TrainState, batch: Batch):
         batch = preprocess(jax.random.PRNGKey(0), batch, False)
-        logits, feats, _ = _apply(state, state.params, state.batch_stats, batch["x"], train=False)
+        logits, feats, _, _ = _apply(
+            state, state.params, state.batch_stats, batch["x"], train=False
+        )
         labels = batch["y"]
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones(labels.shape, bool)
-        kernel, _ = pmm_jax.find_head(state.params, head)
+        kernel, bias = pmm_jax.find_head(state.params, head)
         radius = pmm_jax.feature_radius(feats, where=mask, axis_name=axis_name)
         raw = pmm_jax.pairwise_margins(logits, labels, kernel, where=mask)
+        base = _with_head(base_loss, base_loss_uses_head, state.params, head, feats)
+        predicted = logits
+        if scores is not None:
+            predicted = scores(logits, features=feats, kernel=kernel, bias=bias)
         return {
-            "loss": jnp.where(mask, base_loss(logits, labels).astype(jnp.float32), 0.0),
-            "correct": jnp.where(mask, jnp.argmax(logits, -1) == labels, False),
+            "loss": jnp.where(mask, base(logits, labels).astype(jnp.float32), 0.0),
+            "correct": jnp.where(mask, jnp.argmax(predicted, -1) == labels, False),
             "margin": jnp.where(radius > 0, raw / jnp.where(radius > 0, radius, 1.0), 0.0),
             "raw_margin": raw,
             "feature_norm": jnp.where(
                 mask, jnp.linalg.norm(feats.astype(jnp.float32), axis=-1), 0.0
             ),
-            "pred": jnp.argmax(logits, -1),
+            "pred": jnp.argmax(predicted, -1),
             "label": labels,
             "mask": mask,
             "pre_logits": feats.astype(jnp.float32),
