@@ -78,6 +78,11 @@ def main(argv):
             f"config {config.name!r} is a sweep (config.sweep): run it with "
             "python -m experiments.sweep --workdir DIR --config FILE[:variant]"
         )
+    if "study" in config:  # trained here, the grids would be silently ignored
+        fail(
+            f"config {config.name!r} is a study (config.study): run it with "
+            "python -m experiments.study --workdir DIR --config FILE[:variant]"
+        )
     try:
         if FLAGS.methods is not None:
             config = select_methods(config, FLAGS.methods)

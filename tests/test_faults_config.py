@@ -439,3 +439,31 @@ def test_create_train_state_names_a_seed_out_of_int32():
     for seed in ([2**40], 2**31, [0, True], []):
         with pytest.raises(ValueError, match=r"`seed` must be an integer in \[-2\*\*31, 2\*\*31\)"):
             toy_state(seed=seed)
+
+
+# --- The fields of the comparison study and of PMM at hidden layers ------------------------
+
+
+def test_objective_pmm_layers_and_their_checks():
+    config = _local()
+    config.methods.pmm.objective = {"name": "label_smoothing", "kwargs": {"epsilon": 0.1}}
+    assert check.check(config) == []
+    config.methods.pmm.objective.kwargs.epsiln = 0.1
+    config.methods.pmm.pmm.layers = ("block2", "blok3")
+    config.methods.pmm.pmm.layer_weights = (1.0,)
+    config.methods.dropout.pmm = {"base_loss": "hinge"}
+    config.methods.dropout.objective = {"name": "logit_norm", "kwargs": {"tau": 0.0}}
+    text = "\n".join(map(str, check.check(config)))
+    assert (
+        "methods.pmm.objective.kwargs.epsiln = 0.1: is not a hyperparameter of objective " in text
+    )
+    assert "did you mean epsilon?" in text
+    assert "'blok3' is not a layer of model 'cnn1d': it offers 'head', 'block1'" in text
+    assert "methods.pmm.pmm.layer_weights = (1.0,): must give one weight per layer" in text
+    assert "methods.dropout.pmm.base_loss = 'hinge': must be 'cross_entropy' with" in text
+    assert "methods.dropout.objective.kwargs = {'tau': 0.0}" in text
+
+
+def test_train_refuses_a_study_config(tmp_path):
+    code, err, _ = _cli(tmp_path / "w", "--config", "experiments/configs/study.py:mnist1d:local")
+    assert code == 2 and "python -m experiments.study" in err

@@ -32,6 +32,7 @@ LAYERS = (
         "experiments.train",
         "experiments.sweep",
         "experiments.study",
+        "experiments.study_report",
         "experiments.listing",
         "experiments.bench",
     ),

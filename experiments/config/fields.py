@@ -185,6 +185,20 @@ FIELDS: dict[str, Field] = {
     "methods": _f(DICT, {}, base_only=True),
     # The order to run and report methods (others follow, sorted).
     "method_order": _f(tuple_of(NAME, "method names"), (), base_only=True),
+    # Adversarial evaluation (experiments/run/robustness.py: the study's); optional.
+    "attack": _f(DICT, base_only=True),
+    "attack.split": _f(NAME),
+    "attack.max_examples": _f(integer(1)),
+    "attack.norms": _f(tuple_of(one_of(("l2", "linf")), "norms 'l2' or 'linf'", nonempty=True)),
+    "attack.eps_fractions": _f(tuple_of(NONNEGATIVE, "fractions of the data's scale >= 0")),
+    "attack.steps": _f(integer(1)),
+    "attack.bisection_steps": _f(integer(0)),
+    "attack.transfer_from": _f(NAME),
+    "attack.seed": _f(integer(0)),
+    # experiments/study.py's protocol (configs/study.py); optional.
+    "study": _f(DICT, base_only=True),
+    "study.tune_seeds": _f(SEEDS),
+    "study.grids": _f(DICT),  # method -> {fields, scales, values, inherit}: checked by study
     # experiments/sweep.py's grid (sweep_mnist1d.py, tweets_minilm.py:sweep); optional.
     "sweep": _f(DICT, base_only=True),
     "sweep.alphas": _f(tuple_of(POSITIVE, "alphas > 0")),
@@ -200,7 +214,7 @@ FIELDS: dict[str, Field] = {
     "sweep.dropout_rates": _f(tuple_of(RATE, "rates in [0, 1)")),
 }
 # Dicts whose keys belong to a model or a dataset: anything goes below them.
-OPEN = ("dataset_kwargs", "model_kwargs", "objective.kwargs")
+OPEN = ("dataset_kwargs", "model_kwargs", "objective.kwargs", "study.grids")
 # Dicts of fields (their keys are checked against FIELDS).
 CONTAINERS = tuple(sorted({p.rsplit(".", 1)[0] for p in FIELDS if "." in p} - set(OPEN)))
 BASE_ONLY = tuple(p for p, f in FIELDS.items() if f.base_only)
