@@ -59,6 +59,7 @@ def _float_dtypes(tree) -> set[str]:
     }
 
 
+@pytest.mark.slow
 def test_bf16_compute_changes_a_short_run_little_and_keeps_float32_state():
     state32, m32 = _run("float32")
     state16, m16 = _run("bfloat16")

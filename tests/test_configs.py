@@ -112,6 +112,7 @@ def test_dataset_info_is_what_the_dataset_says(name, variant):
     assert dataset_info(config.dataset, **config.dataset_kwargs) == (ds.num_classes, ds.input_spec)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VISION)
 def test_local_variant_trains_and_evaluates_on_mock_data(name, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
@@ -166,6 +167,7 @@ def test_glue_needs_a_checkpoint_path(tmp_path):
         train_and_evaluate(_config("glue:sst2", "local"), str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["glue:sst2", "glue:mrpc", "glue:mnli"])
 def test_glue_local_variant_fine_tunes_a_checkpoint_on_mock_data(name, tmp_path, capsys):
     tfds = pytest.importorskip("tensorflow_datasets")

@@ -238,6 +238,7 @@ def test_a_second_run_on_a_workdir_in_use_exits_at_once_naming_the_holder(tmp_pa
     assert (tmp_path / ".lock").read_text() == ""  # released
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
     """A real CLI run killed by SIGKILL while training leaves its lock file behind."""
     log = open(tmp_path / "cli.log", "w")

@@ -33,6 +33,7 @@ def _check_throughput(row, runs):
     assert row["projected_200_epochs_min"] == pytest.approx(200 * 703 * row["step_ms"] / 60000)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_the_documented_schema(tiny_result):
     r = tiny_result
     for key in ("device", "jax", "date", "command"):

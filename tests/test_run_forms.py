@@ -79,6 +79,7 @@ def _trained_separately(config, dataset, mesh, method, seed, programs):
     return training.gather_to_host(state.params)
 
 
+@pytest.mark.slow
 def test_twins_in_one_program_train_as_the_four_runs_separately(dataset):
     """Baseline + PMM x 2 seeds in one program, in each form, against the four runs
     trained alone (their own programs and streams): the same parameters, to float
@@ -176,6 +177,7 @@ def uninterrupted(tmp_path_factory, mock):
     return workdir, config, summary
 
 
+@pytest.mark.slow
 def test_auto_is_a_rule_recorded_with_the_forms_trained(uninterrupted):
     workdir, _, summary = uninterrupted
     record = json.loads((workdir / RUNS_RECORD).read_text())
@@ -194,6 +196,7 @@ def test_auto_rule():
     assert forms.auto_form("cpu", "cnn1d") == forms.auto_form("gpu", "resnet_cifar") == "vmap"
 
 
+@pytest.mark.slow
 def test_a_group_resumed_mid_epoch_is_bit_identical(
     uninterrupted, dataset, tmp_path, monkeypatch, capsys
 ):
@@ -219,6 +222,7 @@ def test_a_group_resumed_mid_epoch_is_bit_identical(
         )
 
 
+@pytest.mark.slow
 def test_a_resume_in_another_form_warns_and_records_both(uninterrupted, tmp_path, monkeypatch):
     """Issue #22, case 3: a run resumed under another runs_mode was silent, and its
     result recorded only the last form."""
@@ -256,6 +260,7 @@ def test_methods_that_cannot_share_a_loop_train_apart():
         forms.program([], 1, "grouped", None)
 
 
+@pytest.mark.slow
 def test_measure_times_scan_against_loop_for_one_run(dataset, tmp_path):
     """A single run has no forms to choose from, but XLA:CPU's scanned ResNet step is far
     slower than one program per step: "measure" times the two and records its choice."""
@@ -278,3 +283,27 @@ def test_a_torn_choice_record_is_chosen_again_with_a_warning(tmp_path):
     (tmp_path / RUNS_RECORD).write_text('{"baseline+pmm": {"mo')
     with pytest.warns(UserWarning, match="unreadable.*chosen again"):
         assert forms.read_choice(str(tmp_path), "baseline+pmm", hashes) is None
+
+
+@pytest.mark.slow
+def test_two_fresh_runs_of_the_cifar_local_row_are_bit_identical_under_load(mock, tmp_path):
+    """Issue #22: "auto" timed the forms and, on a loaded machine, chose differently from
+    one fresh run to the next. Now it is a rule: the same form, the same numbers."""
+    import subprocess
+    import sys
+
+    config = cifar10_resnet44.get_config("local")
+    config.num_devices = 1
+    assert config.runs_mode == "auto"
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        first = train_and_evaluate(config, str(tmp_path / "first"))
+        second = train_and_evaluate(config, str(tmp_path / "second"))
+    finally:
+        for p in burners:
+            p.kill()
+    for name in ("baseline", "pmm"):
+        a, b = first["methods"][name], second["methods"][name]
+        assert a["extra"]["runs"]["forms"] == b["extra"]["runs"]["forms"]
+        for key in ("final_accuracy", "final_loss", "margin_mean", "margin_p10", "curves"):
+            assert a[key] == b[key], (name, key)

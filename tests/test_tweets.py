@@ -218,6 +218,7 @@ def test_missing_checkpoint_says_how_to_get_it(fake_csv, tmp_path):
         train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_local_variant_fine_tunes_a_checkpoint_on_a_fake_csv(fake_csv, tmp_path, capsys):
     cfg = tiny_config()
     state = fake_hf_state_dict(cfg)

@@ -6,6 +6,7 @@
   python -m experiments.bench vision [--tiny] [--only NAME ...] [--out vision.json]
   python -m experiments.bench sharded-head --out sharded_head.json [--ks 32768,262144]
   python -m experiments.bench paper-speed --out paper_speed.json [--runs 1,2,10] [--tiny]
+  python -m experiments.bench layer-cost --out layer_cost.json [--tiny]
 
 Without a mode it runs the benchmarks. Workloads (``--only``, repeatable):
 ``cnn1d``, ``resnet44`` (batch 64 and 128, with the PyTorch peer when torch is
@@ -56,6 +57,7 @@ MODES = {  # first argument -> module whose main(argv) gets the rest
     "vision": "experiments.bench.vision",
     "sharded-head": "experiments.bench.sharded_head",
     "paper-speed": "experiments.bench.paper_speed",
+    "layer-cost": "experiments.bench.layer_cost",
 }
 EPILOG = """modes (the first argument; MODE --help for its flags):
   profile WORKLOAD      where a train step's time goes, per XLA:CPU operation
@@ -63,7 +65,8 @@ EPILOG = """modes (the first argument; MODE --help for its flags):
   vision                image-model step throughput with on-device augmentation
   sharded-head --out F  PMM on a class-sharded head: class-parallel vs all-gathered
   paper-speed --out F   ResNet-44 CIFAR training program, R runs x batch 64: step ms,
-                        images/s, minutes for 200 epochs; per runs mode and dtype"""
+                        images/s, minutes for 200 epochs; per runs mode and dtype
+  layer-cost --out F    the train step with PMM at the head, a hidden layer, every layer"""
 
 
 def set_threads(threads: int) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -159,7 +158,6 @@ def write_result(result: dict, path: str, start: float) -> None:
     result["load_avg_end"] = load_average()
     result["peak_memory_mb"] = peak_memory_mb()
     result["wall_s"] = time.perf_counter() - start
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    from experiments.run.workdir import write_json
+
+    write_json(path, result, indent=1)

@@ -108,7 +108,6 @@ def _local(c) -> None:
     c.dataset_kwargs.validation_size = 8
     c.tsne = False
     c.seeds = (0,)
-    c.runs_mode = "vmap"  # no measuring in a smoke run (the tests time "auto" apart)
 
 
 def apply_variant(c, variant: str):
