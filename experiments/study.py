@@ -57,15 +57,20 @@ from experiments.study_report import BASELINE, PMM, STUDY_JSON, format_task, wri
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The task's directory (runs, study.json).")
-flags.DEFINE_string("report", None, "Gather ROOT/*/study.json into --out (no training).")
-flags.DEFINE_string("out", "docs", "With --report: where compare.md/.json and plots go.")
-config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(CONFIG_DIR, "study.py") + ":mnist1d",
-    "Study config (experiments/configs/study.py:TASK[:local]).",
-    lock_config=True,
-)
+
+
+def _define_flags() -> None:
+    """The command line's flags (defined when the command runs, not on import: the
+    other command-line modules define some of the same names)."""
+    flags.DEFINE_string("workdir", None, "The task's directory (runs, study.json).")
+    flags.DEFINE_string("report", None, "Gather ROOT/*/study.json into --out (no training).")
+    flags.DEFINE_string("out", "docs", "With --report: where compare.md/.json and plots go.")
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.join(CONFIG_DIR, "study.py") + ":mnist1d",
+        "Study config (experiments/configs/study.py:TASK[:local]).",
+        lock_config=True,
+    )
 
 
 # --- the protocol ------------------------------------------------------------------------
@@ -325,6 +330,7 @@ def main(argv):
 
 
 def run():
+    _define_flags()
     default = os.path.join(CONFIG_DIR, "study.py") + ":mnist1d"
     unknown = check_argv(sys.argv, default)
     if unknown:

@@ -18,6 +18,8 @@ test set. The grid's families, each optional (points are named ``FAMILY_VALUE``)
   the official per-epoch ramp 1e-5 -> 1e-3 with ``penalty_reduction="official"``);
 * ``weight_decays``, ``dropout_rates``: the baselines' own knobs, so that every
   method is compared at its best;
+* ``layer_alphas``: the linear ramp with PMM at ``pmm_layers`` (hidden layers the
+  model marks, and ``"head"``): ``pmm_layers_linear``;
 
 plus ``baseline`` (the config as it is). The configs with a sweep:
 ``experiments/configs/sweep_mnist1d.py`` (the default: MNIST-1D, every family) and
@@ -91,6 +93,9 @@ def grid_points(config) -> list[tuple[str, float, dict]]:
         points.append(("weight_decay", wd, {"weight_decay": wd}))
     for rate in sweep.get("dropout_rates", ()):
         points.append(("dropout", rate, {"model_kwargs": {"dropout_rate": rate}}))
+    layers = tuple(sweep.get("pmm_layers", ("head",)))
+    for alpha in sweep.get("layer_alphas", ()):
+        points.append(("pmm_layers_linear", alpha, {"pmm": ramp(alpha, layers=layers)}))
     return points
 
 
@@ -184,6 +189,7 @@ _PANELS = (
             ("pmm_constant", "PMM, constant α"),
             ("weight_decay_pmm_linear", "weight decay + PMM, linear ramp"),
             ("pmm_constant_stop_r", "PMM, constant α, no gradient through r"),
+            ("pmm_layers_linear", "PMM at every conv layer + head, linear ramp"),
         ),
         (
             ("baseline", "no regularization"),

@@ -18,6 +18,7 @@ parameters, BatchNorm statistics and the optimizer state must stay float32
 
 import jax
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from experiments.config.plan import plan_of

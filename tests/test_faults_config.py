@@ -354,7 +354,7 @@ def test_config_json_and_summary_record_each_methods_effective_config(tmp_path):
 
 VARIANTS = {
     "default": ["", "local"],
-    "sweep_mnist1d": ["", "local"],
+    "sweep_mnist1d": ["", "local", "layers"],
     "tweets_minilm": ["", "sweep", "full", "local"],
     "glue": [
         *(
@@ -363,6 +363,15 @@ VARIANTS = {
             for v in ("", ":baseline", ":local")
         ),
         "mnli:mismatched",
+    ],
+    "study": [
+        *(
+            f"{task}{v}"
+            for task in ("mnist1d", "mnist1d_noise20", "mnist1d_noise40", "digits")
+            for v in ("", ":local")
+        ),
+        "cifar10",
+        "cifar10:local",
     ],
     **{
         name: ["", "baseline", "local"]

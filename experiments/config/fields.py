@@ -212,6 +212,8 @@ FIELDS: dict[str, Field] = {
     "sweep.paper_schedule": _f(BOOL),
     "sweep.weight_decays": _f(tuple_of(NONNEGATIVE, "weight decays >= 0")),
     "sweep.dropout_rates": _f(tuple_of(RATE, "rates in [0, 1)")),
+    "sweep.layer_alphas": _f(tuple_of(POSITIVE, "alphas > 0")),  # PMM at sweep.pmm_layers
+    "sweep.pmm_layers": _f(tuple_of(NAME, "layer names", nonempty=True)),
 }
 # Dicts whose keys belong to a model or a dataset: anything goes below them.
 OPEN = ("dataset_kwargs", "model_kwargs", "objective.kwargs", "study.grids")

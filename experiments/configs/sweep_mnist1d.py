@@ -2,6 +2,9 @@
 
     python -m experiments.sweep --workdir runs/sweep_mnist1d
 
+Variant ``layers``: PMM at every conv layer and the head (``pmm.layers``), its own
+grid, run apart (``--workdir runs/sweep_mnist1d_layers``).
+
 Selection is on a validation split: the last 500 of the 4000 training examples
 (training uses the other 3500); the test set is never looked at. The grid is
 ``config.sweep`` (what each field runs: ``experiments/sweep.py``).
@@ -39,7 +42,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
             "dropout_rates": (0.1, 0.2, 0.3, 0.5, 0.7),
         }
     )
-    return apply_variant(c, variant, shared=(), own={"local": _local})
+    return apply_variant(c, variant, shared=(), own={"local": _local, "layers": _layers})
+
+
+def _layers(c) -> None:
+    """PMM at every conv layer of the CNN and the head (issue #20), alone: the same grid,
+    seeds and validation split as the sweep above (whose points it does not repeat)."""
+    c.name += "_layers"
+    grid = c.sweep.alphas
+    c.sweep = ml_collections.ConfigDict(
+        {"layer_alphas": grid, "pmm_layers": ("block1", "block2", "block3", "head")}
+    )
 
 
 def _local(c) -> None:

@@ -29,7 +29,8 @@ def layer_point(module, name: str, h: jax.Array) -> jax.Array:
 
     Returns ``h``, plus ``variables[SHIFTS][name]`` when the caller passes one.
     """
-    module.sow(POINTS, name, h, init_fn=lambda: None, reduce_fn=lambda _, new: new)
+    if not module.is_initializing():  # (init's variables stay params and statistics)
+        module.sow(POINTS, name, h, init_fn=lambda: None, reduce_fn=lambda _, new: new)
     if module.has_variable(SHIFTS, name):
         h = h + module.get_variable(SHIFTS, name)
     return h
