@@ -134,15 +134,20 @@ def _tune_one(name: str, grids: dict, selected: dict, tuning: dict) -> dict:
     overrides = tuning["config"].methods[name].to_dict()
     for other in grid.get("inherit", ()):
         overrides = point(overrides, grids[other], selected[other]["value"])
-    rows = []
-    for value in grid["values"]:
+
+    def value_call(value):
         run = f"{name}_{value:g}"
         config = merge(tuning["base"], point(overrides, grid, value))
         with config.unlocked():
             config.seeds = tuple(tuning["config"].study.tune_seeds)
             config.final_split = config.eval_split = "validation"
         mdir = wd.method_dir(tuning["workdir"], run).path
-        result = job.train_method(config, tuning["dataset"], mdir, name=run)
+        return lambda stop: job.train_method(config, tuning["dataset"], mdir, name=run, stop=stop)
+
+    calls = [value_call(value) for value in grid["values"]]
+    results = job.in_threads(calls, tuning["config"].get("parallel_groups", 1))
+    rows = []
+    for value, result in zip(grid["values"], results, strict=True):
         acc = np.asarray(result.final_accuracy, np.float64)
         rows.append(
             {

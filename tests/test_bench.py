@@ -11,6 +11,7 @@ import pytest
 from experiments.bench import cli, timing
 
 
+@pytest.mark.slow
 def test_quick_run_writes_documented_schema(tmp_path):
     out = tmp_path / "bench.json"
     args = "--quick --only cnn1d --only penalty --reps 3 --penalty-ks 10,100 --out"

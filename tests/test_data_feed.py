@@ -203,6 +203,7 @@ def test_feed_checks_its_arguments(mesh):
 # The trainer's hook: both sources train to the same state
 
 
+@pytest.mark.slow
 def test_trainer_trains_the_same_from_the_host_and_the_device(mesh):
     config = cifar10_resnet44.get_config("local")
     config.num_train_steps = 6

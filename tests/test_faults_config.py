@@ -81,7 +81,7 @@ def test_cli_override_that_a_method_shadows_is_refused_before_training(tmp_path)
     code, err, _ = _cli(tmp_path / "w", "--config", LOCAL, *flags)
     assert code == 2, err
     assert "Traceback" not in err and "nothing was trained" in err
-    for method in ("pmm", "weight_decay_pmm", "pmm_hinge", "pmm_paper"):
+    for method in ("pmm", "weight_decay_pmm"):
         assert f"--config.methods.{method}.pmm.alpha_end=0.5" in err
     for method in ("weight_decay", "weight_decay_pmm"):
         assert f"methods.{method}.weight_decay = {default.WEIGHT_DECAY}" in err
@@ -154,7 +154,7 @@ def test_bogus_penalty_reduction_fails_before_the_first_method(tmp_path, monkeyp
     # In the base config, it names the methods that would use it.
     problems = check.check(_local(**{"pmm.penalty_reduction": "bogus"}))
     assert _fields(problems) == ["pmm.penalty_reduction"]
-    users = "baseline, weight_decay, dropout, pmm, weight_decay_pmm, pmm_hinge"  # not pmm_paper
+    users = "baseline, weight_decay, dropout, pmm, weight_decay_pmm"
     assert f"(used by methods {users})" in str(problems[0])
 
 

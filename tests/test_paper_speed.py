@@ -56,6 +56,7 @@ def test_tiny_run_writes_the_documented_schema(tiny_result):
     assert "ratio_vs_noscan" in comparison
 
 
+@pytest.mark.slow
 def test_r2_program_trains_both_methods_with_finite_losses(tiny_result):
     [row] = [row for row in tiny_result["rows"] if row["runs"] == 2]
     assert row["methods"] == ["baseline", "pmm"] and row["seeds_per_method"] == 1
@@ -64,6 +65,7 @@ def test_r2_program_trains_both_methods_with_finite_losses(tiny_result):
         assert len(losses) == 1 and all(math.isfinite(v) for v in losses)
 
 
+@pytest.mark.slow
 def test_torch_peer_row(tiny_result):
     if not paper_speed_torch():
         assert tiny_result["peers"] == []

@@ -83,6 +83,7 @@ def test_missing_workdir_is_a_usage_error():
 def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
     config = _local()
     with config.unlocked():
+        default.add_paper_schedule(config)  # the ":paper" variant's extra method
         config.seeds = (0, 1)
         config.tsne = True
         config.tsne_points = 200
@@ -96,7 +97,6 @@ def test_smoke_run_writes_summary_plots_and_resumes(tmp_path, capsys):
         "dropout",
         "pmm",
         "weight_decay_pmm",
-        "pmm_hinge",
         "pmm_paper",
     }
     for m in data["methods"].values():
@@ -172,6 +172,41 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
     assert resumed["methods"]["pmm"]["curves"] == full["methods"]["pmm"]["curves"]
     log = (tmp_path / "part" / "pmm" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [10, 20, 20, 30, 40, 40]
+
+
+def test_groups_in_parallel_threads_train_as_one_at_a_time_and_resume(tmp_path, monkeypatch):
+    """parallel_groups=2 (the main job's): the same numbers as one group at a time; a crash
+    in both threads is raised once the running groups end, and the rerun resumes both."""
+    config = select_methods(_local(), ["baseline", "pmm"])
+    with config.unlocked():
+        config.tsne = False
+        config.parallel_groups = 1
+    alone = train_and_evaluate(config, str(tmp_path / "alone"))
+    with config.unlocked():
+        config.parallel_groups = 2
+
+    real_get_dataset = job.get_dataset
+
+    def crashing_get_dataset(name, **kwargs):
+        ds = real_get_dataset(name, **kwargs)
+        real_iter = ds.train_iter
+
+        def train_iter(*args, **kw):  # each group's stream crashes at its batch 25
+            for i, batch in enumerate(real_iter(*args, **kw)):
+                if i == 25:
+                    raise RuntimeError("simulated crash")
+                yield batch
+
+        return dataclasses.replace(ds, train_iter=train_iter)
+
+    monkeypatch.setattr(job, "get_dataset", crashing_get_dataset)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_and_evaluate(config, str(tmp_path / "two"))
+    monkeypatch.setattr(job, "get_dataset", real_get_dataset)
+    two = train_and_evaluate(config, str(tmp_path / "two"))
+    for name in ("baseline", "pmm"):
+        for key in ("final_accuracy", "final_loss", "margin_mean", "curves"):
+            assert two["methods"][name][key] == alone["methods"][name][key], (name, key)
 
 
 @pytest.mark.slow

@@ -154,6 +154,10 @@ FIELDS: dict[str, Field] = {
     # How the runs (methods x seeds) share a program (experiments/run/forms.py). It
     # changes the float rounding, not the training: switching it resumes a run.
     "runs_mode": _f(one_of(RUNS_MODES), "per_method", loop=True, hashed=False),
+    # Groups of methods trained at the same time, each in its own thread (2 uses the
+    # second core of a 2-core CPU: one program alone keeps about 1.5 cores busy).
+    # Not hashed: every program is the same, only the schedule of the groups changes.
+    "parallel_groups": _f(integer(1), 1, base_only=True, hashed=False),
     "log_every_steps": _f(integer(1), 100, loop=True),
     "eval_every_steps": _f(integer(1), 500, loop=True),
     "log_every_epochs": _f(NONNEGATIVE, loop=True),  # > 0: instead of *_every_steps

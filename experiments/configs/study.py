@@ -170,6 +170,7 @@ def get_config(variant: str = "mnist1d") -> ml_collections.ConfigDict:
     c.paired_comparisons = tuple((m, "pmm") for m in overrides if m not in ("pmm", "baseline"))
     c.final_split = "test"
     c.eval_split = "validation"
+    c.parallel_groups = 2  # two trainings at a time (grid values, final methods)
     c.study = ml_collections.ConfigDict({"tune_seeds": (0, 1, 2), "grids": grids})
     c.attack = ml_collections.ConfigDict(
         {"split": "test", "max_examples": 500, "steps": 10, "bisection_steps": 8}

@@ -27,6 +27,10 @@ Steps skipped for non-finite gradients fail the run beyond
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
+import jax
 import ml_collections
 
 from experiments import models
@@ -37,6 +41,7 @@ from experiments.data.base import Dataset
 from experiments.data.registry import get_dataset
 from experiments.run import evaluation, loop, report, session, workdir
 from experiments.run.lock import workdir_lock
+from experiments.run.logs import say
 from experiments.run.results import (
     MethodResult,
     check_nonfinite,
@@ -47,7 +52,13 @@ from pmm_jax import training
 
 
 def train_method(
-    config, dataset: Dataset, method_dir: str, *, name: str, check_nonfinite_steps: bool = True
+    config,
+    dataset: Dataset,
+    method_dir: str,
+    *,
+    name: str,
+    check_nonfinite_steps: bool = True,
+    stop: threading.Event | None = None,
 ) -> MethodResult:
     """Trains all seeds of one method (resuming if possible), then evaluates.
 
@@ -55,7 +66,8 @@ def train_method(
     sweep uses ``"validation"``): ``MethodResult.final_accuracy`` and the others.
     ``extra["nonfinite_steps"]`` holds, per seed, the steps skipped for
     non-finite gradients. A method whose ``result.json`` is of this config is
-    read back, not trained again. Files are written by process 0 only.
+    read back, not trained again. Files are written by process 0 only. ``stop``: as in
+    :func:`experiments.run.loop.train`.
 
     Raises:
       ConfigChangedError: ``method_dir`` holds checkpoints or a result of another config.
@@ -69,6 +81,7 @@ def train_method(
         {name: method_dir},
         record_dir=method_dir,
         check_nonfinite_steps=check_nonfinite_steps,
+        stop=stop,
     ).values()
     return result
 
@@ -80,9 +93,11 @@ def train_group(
     *,
     record_dir: str,
     check_nonfinite_steps: bool = True,
+    stop: threading.Event | None = None,
 ) -> dict[str, MethodResult]:
     """Trains the methods of one group together (``experiments/run/forms.py``), then
-    evaluates each: :func:`train_method` for several methods sharing a loop.
+    evaluates each: :func:`train_method` for several methods sharing a loop. ``stop``:
+    as in :func:`experiments.run.loop.train`.
 
     Methods already finished (their ``result.json`` is of their config) are read
     back; the others train in one program on one stream of batches, resumed from
@@ -102,12 +117,12 @@ def train_group(
             check_same_config(config, recorded, name=name, where=mdir.path)
         result = read_result(mdir.path, config_hash(config))
         if result is not None:
-            print(f"[{name}] already finished; read back {mdir.result}", flush=True)
+            say(f"[{name}] already finished; read back {mdir.result}")
             results[name] = result
         else:
             todo.append(name)
     if todo:
-        results.update(_train_todo(configs, dataset, method_dirs, todo, record_dir))
+        results.update(_train_todo(configs, dataset, method_dirs, todo, record_dir, stop))
     results = {name: results[name] for name in configs}
     if check_nonfinite_steps:
         check_nonfinite(
@@ -116,7 +131,7 @@ def train_group(
     return results
 
 
-def _train_todo(configs, dataset, method_dirs, todo, record_dir) -> dict[str, MethodResult]:
+def _train_todo(configs, dataset, method_dirs, todo, record_dir, stop) -> dict[str, MethodResult]:
     mesh = training.make_mesh(configs[todo[0]].get("num_devices", 0) or None)
     sessions, states, steps = [], [], []
     for name in todo:
@@ -127,7 +142,7 @@ def _train_todo(configs, dataset, method_dirs, todo, record_dir) -> dict[str, Me
         states.append(state)
         steps.append(step)
     sessions, states, start = session.align(sessions, states, steps)
-    states, info = loop.train(sessions, states, start, record_dir)
+    states, info = loop.train(sessions, states, start, record_dir, stop)
     return {
         s.name: evaluation.finish(s, state, runs_info={**info, "forms": loop.forms_trained(s)})
         for s, state in zip(sessions, states, strict=True)
@@ -164,17 +179,7 @@ def train_and_evaluate(
         dataset = get_dataset(config.dataset, **config.get("dataset_kwargs", {}))
         check.validate(config, num_train=dataset.num_train, eval_splits=dataset.eval_splits)
         method_configs = expand_methods(config)
-        results = {}
-        for group in group_methods(method_configs):
-            results.update(
-                train_group(
-                    {name: method_configs[name] for name in group},
-                    dataset,
-                    {name: workdir.method_dir(workdir_path, name).path for name in group},
-                    record_dir=workdir_path,
-                    check_nonfinite_steps=False,  # checked below, once every method is written
-                )
-            )
+        results = _train_groups(config, method_configs, dataset, workdir_path)
         results = {name: results[name] for name in method_configs}
         summary = report.summarize(config, dataset.name, results, workdir_path)
         check_nonfinite(
@@ -182,3 +187,54 @@ def train_and_evaluate(
             workdir_path,
         )
         return summary
+
+
+def _train_groups(config, method_configs: dict, dataset: Dataset, workdir_path: str) -> dict:
+    """Every group of ``method_configs``, ``config.parallel_groups`` at a time
+    (:func:`in_threads`)."""
+
+    def group_call(group):
+        return lambda stop: train_group(
+            {name: method_configs[name] for name in group},
+            dataset,
+            {name: workdir.method_dir(workdir_path, name).path for name in group},
+            record_dir=workdir_path,
+            check_nonfinite_steps=False,  # checked by the caller, once every method is written
+            stop=stop,
+        )
+
+    calls = [group_call(group) for group in group_methods(method_configs)]
+    results = {}
+    for result in in_threads(calls, config.get("parallel_groups", 1)):
+        results.update(result)
+    return results
+
+
+def in_threads(calls: list, workers: int) -> list:
+    """``[call(stop) for call in calls]``, ``workers`` at a time, each in its own thread.
+
+    Each call trains its own programs on its own data stream, so the results do not
+    depend on ``workers``. One process only: on several hosts the calls go one after the
+    other (every host must launch the same programs in the same order). A failing call
+    lets the running ones finish, starts no other, and is raised; an interrupt sets
+    ``stop`` (a ``threading.Event``; ``None`` when run one at a time), which stops the
+    running trainings at their next call (a rerun resumes them from their checkpoints).
+    """
+    workers = min(workers, len(calls))
+    if workers <= 1 or jax.process_count() > 1:
+        return [call(None) for call in calls]
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="group") as pool:
+        futures = [pool.submit(call, stop) for call in calls]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                if future.exception() is not None:
+                    for f in futures:
+                        f.cancel()  # the calls not started yet
+                    break
+        except BaseException:  # KeyboardInterrupt: the running calls stop at their next step
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
+    return [f.result() for f in futures if not f.cancelled()]  # the first failure is raised

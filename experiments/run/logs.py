@@ -36,6 +36,15 @@ class LogRepairWarning(UserWarning):
     """A damaged metric log (torn or garbage lines, lost ``meta.json``) was repaired."""
 
 
+def say(message: str) -> None:
+    """Prints one line, whole, above the progress bars (groups training in parallel
+    threads print at the same time; ``print`` could interleave their lines)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def progress(total: int, initial: int = 0, desc: str = ""):
     """A tqdm bar on the first process (a no-op elsewhere)."""
     from tqdm.auto import tqdm

@@ -9,6 +9,7 @@ evaluates and checkpoints each method when due.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 from experiments.config.identity import config_hash
 from experiments.data import feed
 from experiments.run import evaluation, forms
-from experiments.run.logs import progress
+from experiments.run.logs import progress, say
 from experiments.run.session import Session
 
 
@@ -58,11 +59,10 @@ def _choose(sessions: list[Session], states: list, first_block, record_dir: str)
     )
     if mode in ("auto", "measure"):
         timings = ", ".join(f"{m} {t:.1f}" for m, t in choice.get("ms_per_step", {}).items())
-        print(
+        say(
             f"[{'+'.join(info['group'])}] {info['runs']} runs in one program: "
             f"{choice['mode']} (runs_mode={mode!r}, "
-            f"{choice['how']}{'; ms per step of all runs: ' + timings if timings else ''})",
-            flush=True,
+            f"{choice['how']}{'; ms per step of all runs: ' + timings if timings else ''})"
         )
     return {**info, "mode": choice["mode"], "how": choice["how"], "choice": choice}
 
@@ -93,9 +93,22 @@ def _program(sessions: list[Session], mode: str) -> forms.Program:
     return forms.program(steps, len(trainee.seeds), mode, trainee.mesh)
 
 
-def train(sessions: list[Session], states: list, start: int, record_dir: str) -> tuple[list, dict]:
+class Stopped(Exception):
+    """The group stopped before its end because ``stop`` was set (another group failed or
+    the user interrupted); its checkpoints up to here are kept, and a rerun resumes."""
+
+
+def train(
+    sessions: list[Session],
+    states: list,
+    start: int,
+    record_dir: str,
+    stop: threading.Event | None = None,
+) -> tuple[list, dict]:
     """Trains the sessions of a group from their (common) ``start`` step to the end, on
     one stream of blocks; logs, evaluates and checkpoints each method on the way.
+    ``stop`` (set from another thread) ends the loop between two calls with
+    :class:`Stopped`.
 
     Returns:
       ``(states, runs_info)``: the final states, and how the runs shared the program
@@ -118,6 +131,9 @@ def train(sessions: list[Session], states: list, start: int, record_dir: str) ->
     windows = [[] for _ in sessions]  # train metrics since each method's last log
     step, block = start, first
     while step < total:
+        if stop is not None and stop.is_set():
+            bar.close()
+            raise Stopped(f"[{bar.desc}] stopped at step {step} of {total}")
         new_states, metrics = call(tuple(states), block)
         states = list(new_states)
         step += k

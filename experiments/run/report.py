@@ -19,15 +19,25 @@ def _mean_std(xs) -> tuple[float, float]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    """The CPU's model name with its family and model numbers (``/proc/cpuinfo``: the
+    name alone, e.g. "AMD EPYC", is shared by CPU models that XLA compiles for
+    differently), or the platform's processor string."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model"):
+                    fields.setdefault(key, value.strip())
+                elif not line.strip() and fields:
+                    break  # the first processor is enough
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    if "model name" not in fields:
+        return platform.processor() or "unknown CPU"
+    numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+    return fields["model name"] + (f" ({', '.join(numbers)})" if numbers else "")
 
 
 def machine_description() -> str:

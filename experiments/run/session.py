@@ -18,7 +18,7 @@ from experiments.config.plan import Plan, plan_of
 from experiments.data.base import Dataset
 from experiments.run import calibrate
 from experiments.run.build import Trainee, build, initial_state_fn
-from experiments.run.logs import MetricsLog, best_from_curves
+from experiments.run.logs import MetricsLog, best_from_curves, say
 from experiments.run.workdir import MethodDir
 from pmm_jax import training
 
@@ -90,7 +90,7 @@ def start(
         if best is not None:
             log.set_meta(best_acc=best[0], best_step=best[1])
     if step:
-        print(f"[{name}] resuming at step {step}/{plan.total}", flush=True)
+        say(f"[{name}] resuming at step {step}/{plan.total}")
     return session, state, step
 
 
@@ -104,10 +104,9 @@ def _alpha_ratio(config, dataset, mesh, plan, log: MetricsLog, name: str) -> flo
         record = calibrate.measure(config, dataset, mesh, plan)
         log.set_meta(alpha_calibration=record)
     end = config.pmm.alpha_end * record["ratio"]
-    print(
+    say(
         f"[{name}] alpha 'auto': base risk / penalty at the start = {record['ratio']:.4g} "
-        f"(over {record['steps']} steps); alpha ramps {end / 100:.3g} -> {end:.3g}",
-        flush=True,
+        f"(over {record['steps']} steps); alpha ramps {end / 100:.3g} -> {end:.3g}"
     )
     return record["ratio"]
 
@@ -135,9 +134,7 @@ def align(
     for s, state, step in zip(sessions, states, steps, strict=True):
         if step != common:
             state = _back_to(s, state, step, common)
-            print(
-                f"[{s.name}] back to step {common}, where its group's other methods are", flush=True
-            )
+            say(f"[{s.name}] back to step {common}, where its group's other methods are")
             s.log.close()
             s = dataclasses.replace(s, log=MetricsLog(s.dir.path, start_step=common))
         out_sessions.append(s)
