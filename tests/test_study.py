@@ -125,6 +125,7 @@ def test_one_task_end_to_end_and_the_report(tmp_path):
     c.method_order = keep
     c.study.grids = {k: v for k, v in c.study.grids.items() if k in keep}
     c.paired_comparisons = ()
+    c.num_devices = 1  # batches of 100 do not split over the tests' 8 fake devices
     out = study.run_study(c, str(tmp_path / "noise20"))
     assert set(out["selected"]) == {"weight_decay", "pmm", "weight_decay_pmm", "am_softmax"}
     assert out["label_noise"]["rate"] == 0.2
