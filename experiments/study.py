@@ -40,22 +40,21 @@ import time
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.config import check
-from experiments.config.argv import check_argv
-from experiments.config.identity import ConfigChangedError
 from experiments.config.methods import merge, method_order
 from experiments.config.problems import MISSING, ConfigError, Problem, get
 from experiments.data.registry import get_dataset
-from experiments.run import job, robustness
+from experiments.run import command, job, robustness
 from experiments.run import workdir as wd
-from experiments.run.lock import WorkdirLocked, workdir_lock
+from experiments.run.lock import workdir_lock
 from experiments.run.report import paired_comparison
 from experiments.study_report import BASELINE, PMM, STUDY_JSON, format_task, write_report
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+PROG = "experiments.study"
 FLAGS = flags.FLAGS
 
 
@@ -317,30 +316,19 @@ def report_task(config, selected, summary, attacked, times) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    command.begin_main(argv)
     if FLAGS.report:
         write_report(FLAGS.report, FLAGS.out)
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (or --report ROOT).")
-    try:
-        overrides = config_flags.get_override_values(FLAGS["config"])
-        run_study(FLAGS.config, FLAGS.workdir, overrides=overrides)
-    except (ConfigError, ConfigChangedError, WorkdirLocked, wd.WorkdirError) as e:
-        print(f"experiments.study: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    command.run_or_fail(PROG, run_study, FLAGS.config, FLAGS.workdir, overrides=overrides)
 
 
 def run():
     _define_flags()
-    default = os.path.join(CONFIG_DIR, "study.py") + ":mnist1d"
-    unknown = check_argv(sys.argv, default)
-    if unknown:
-        print("experiments.study: error: " + "\n".join(unknown), file=sys.stderr, flush=True)
-        sys.exit(2)
+    command.exit_on_unknown(PROG, sys.argv, os.path.join(CONFIG_DIR, "study.py") + ":mnist1d")
     app.run(main)
 
 

@@ -37,23 +37,23 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.config import check
-from experiments.config.argv import check_argv
 from experiments.config.fields import SWEEP_ALPHA_SCHEDULES
-from experiments.config.identity import ConfigChangedError
 from experiments.config.methods import merge
 from experiments.config.problems import MISSING, ConfigError, Problem
 from experiments.configs.common import PAPER_RAMP, PAPER_SCHEDULE, ramp
 from experiments.data.registry import get_dataset
 from experiments.models import resolve_pretrained
+from experiments.run import command
 from experiments.run import workdir as wd
 from experiments.run.job import train_method
-from experiments.run.lock import WorkdirLocked, workdir_lock
+from experiments.run.lock import workdir_lock
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+PROG = "experiments.sweep"
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for the sweep's runs and results.")
 config_flags.DEFINE_config_file(
@@ -285,25 +285,15 @@ def plot_sweep(rows, path: str) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    command.begin_main(argv)
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
-    try:
-        overrides = config_flags.get_override_values(FLAGS["config"])
-        run_sweep(FLAGS.config, FLAGS.workdir, overrides=overrides)
-    except (ConfigError, ConfigChangedError, WorkdirLocked, wd.WorkdirError) as e:
-        print(f"experiments.sweep: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    command.run_or_fail(PROG, run_sweep, FLAGS.config, FLAGS.workdir, overrides=overrides)
 
 
 def run():
-    unknown = check_argv(sys.argv, os.path.join(CONFIG_DIR, "sweep_mnist1d.py"))
-    if unknown:  # one line each, not ml_collections' chained tracebacks
-        print("experiments.sweep: error: " + "\n".join(unknown), file=sys.stderr, flush=True)
-        sys.exit(2)
+    command.exit_on_unknown(PROG, sys.argv, os.path.join(CONFIG_DIR, "sweep_mnist1d.py"))
     app.run(main)
 
 

@@ -32,10 +32,11 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+PROG = "experiments.train"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, summary and plots.")
@@ -54,10 +55,9 @@ config_flags.DEFINE_config_file(
 
 
 def main(argv):
-    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from experiments.run import command
+
+    command.begin_main(argv)
     if FLAGS.list_configs:
         from experiments.listing import print_configs
 
@@ -65,12 +65,8 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (where checkpoints, logs and results go).")
-    from experiments.config.identity import ConfigChangedError
     from experiments.config.methods import select_methods
-    from experiments.config.problems import ConfigError
     from experiments.run.job import train_and_evaluate
-    from experiments.run.lock import WorkdirLocked
-    from experiments.run.workdir import WorkdirError
 
     config = FLAGS.config
     if "sweep" in config:  # trained here, the grid would be silently ignored
@@ -83,19 +79,17 @@ def main(argv):
             f"config {config.name!r} is a study (config.study): run it with "
             "python -m experiments.study --workdir DIR --config FILE[:variant]"
         )
-    try:
-        if FLAGS.methods is not None:
-            config = select_methods(config, FLAGS.methods)
-        overrides = config_flags.get_override_values(FLAGS["config"])
-        train_and_evaluate(config, FLAGS.workdir, overrides=overrides)
-    except (ConfigError, ConfigChangedError, WorkdirLocked, WorkdirError) as e:  # one message
-        fail(str(e))
+    if FLAGS.methods is not None:
+        config = command.run_or_fail(PROG, select_methods, config, FLAGS.methods)
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    command.run_or_fail(PROG, train_and_evaluate, config, FLAGS.workdir, overrides=overrides)
 
 
 def fail(message: str) -> None:
     """Prints ``message`` (no traceback) and exits with status 2, as for a usage error."""
-    print(f"experiments.train: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    from experiments.run import command
+
+    command.fail(PROG, message)
 
 
 def run():
@@ -104,13 +98,9 @@ def run():
     if any(a in ("-h", "--help") for a in argv[1:]):  # absl exits 1 on --help; we exit 0
         FLAGS(argv[:1])
         app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
-    # An unknown --config.FIELD: one line, before ml_collections fails with a bare
-    # AttributeError after several chained tracebacks.
-    from experiments.config.argv import check_argv
+    from experiments.run import command
 
-    unknown = check_argv(argv, os.path.join(CONFIG_DIR, "default.py"))
-    if unknown:
-        fail("\n".join(unknown))
+    command.exit_on_unknown(PROG, argv, os.path.join(CONFIG_DIR, "default.py"))
     app.run(main, argv=argv)
 
 

@@ -224,19 +224,18 @@ def _layer_checks(c: Mapping, ok: dict) -> list[_Found]:
     layers = get(c, "pmm.layers", ("head",))
     if not (ok["pmm.layers"] and ok["model"]):
         return []
-    found = []
     offered = ("head", *models.layer_points(get(c, "model")))
-    for name in layers:
-        if name not in offered:
-            found.append(
-                _Found(
-                    "pmm.layers",
-                    tuple(layers),
-                    f"{name!r} is not a layer of model {get(c, 'model')!r}: it offers "
-                    f"{', '.join(map(repr, offered))}{did_you_mean(name, offered)}",
-                    ("pmm.layers", "model"),
-                )
-            )
+    unknown = [name for name in layers if name not in offered]
+    found = [
+        _Found(
+            "pmm.layers",
+            tuple(layers),
+            f"{name!r} is not a layer of model {get(c, 'model')!r}: it offers "
+            f"{', '.join(map(repr, offered))}{did_you_mean(name, offered)}",
+            ("pmm.layers", "model"),
+        )
+        for name in unknown
+    ]
     if len(set(layers)) != len(layers):
         found.append(_Found("pmm.layers", tuple(layers), "names a layer twice", ("pmm.layers",)))
     weights = get(c, "pmm.layer_weights", ())
@@ -324,15 +323,12 @@ def _method_problems(full: dict, methods: dict) -> list[Problem]:
     ]
     order = full.get("method_order") or ()
     if FIELDS["method_order"].rule.ok(order):
-        for name in order:
-            if name not in methods:
-                problems.append(
-                    Problem(
-                        "method_order",
-                        tuple(order),
-                        f"{name!r} is not a method{did_you_mean(name, methods)}",
-                    )
-                )
+        listed = tuple(order)
+        problems += [
+            Problem("method_order", listed, f"{n!r} is not a method" + did_you_mean(n, methods))
+            for n in listed
+            if n not in methods
+        ]
     pairs = full.get("paired_comparisons") or ()
     ok_pairs = FIELDS["paired_comparisons"].rule.ok(pairs)
     missing = sorted({n for p in pairs for n in p if n not in methods}) if ok_pairs else []

@@ -61,6 +61,21 @@ def _local(c: ml_collections.ConfigDict) -> None:
 SHARED = {"baseline": _baseline, "local": _local}
 
 
+def split_task(variant: str, tasks: tuple[str, ...], file: str, rest: str = "VARIANT") -> tuple:
+    """``(task, rest)`` of ``variant = TASK[:rest]`` for a config file of several tasks.
+
+    Raises:
+      ValueError: ``TASK`` is not one of ``tasks``; the message names them.
+    """
+    task, _, tail = variant.partition(":")
+    if task not in tasks:
+        raise ValueError(
+            f"Unknown variant {variant!r}: {file} needs the task, {file}:TASK[:{rest}] "
+            f"with TASK one of {', '.join(tasks)} (e.g. {file}:{tasks[0]})."
+        )
+    return task, tail
+
+
 def apply_variant(
     c: ml_collections.ConfigDict,
     variant: str,

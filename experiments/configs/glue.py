@@ -28,7 +28,7 @@ and a BERT checkpoint directory on disk (no hub access):
 import ml_collections
 
 from experiments.config.fields import base_config
-from experiments.configs.common import apply_variant
+from experiments.configs.common import apply_variant, split_task
 from experiments.data.glue import GLUE_TASKS
 
 TASKS = tuple(GLUE_TASKS)  # mnli, qnli, rte, qqp, mrpc, sst2: the paper's Table II
@@ -37,12 +37,7 @@ LIST_VARIANTS = TASKS  # --list-configs: one line per task
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     """The config of ``variant`` = ``TASK[:VARIANT]``, e.g. ``"mrpc"``, ``"mnli:baseline"``."""
-    task, _, rest = variant.partition(":")
-    if task not in TASKS:
-        raise ValueError(
-            f"Unknown variant {variant!r}: glue.py needs the task, glue.py:TASK[:VARIANT] "
-            f"with TASK one of {', '.join(TASKS)} (e.g. glue.py:mrpc, glue.py:mnli:baseline)."
-        )
+    task, rest = split_task(variant, TASKS, "glue.py")
     own = {"mismatched": _mismatched} if task == "mnli" else {}
     return apply_variant(glue_config(task), rest, local=_local, own=own)
 

@@ -22,7 +22,7 @@ import ml_collections
 
 from experiments.config.fields import base_config
 from experiments.configs import _vision
-from experiments.configs.common import apply_variant, ramp
+from experiments.configs.common import apply_variant, ramp, split_task
 from experiments.objectives import DEFAULT_GRIDS
 
 TASKS = ("mnist1d", "mnist1d_noise20", "mnist1d_noise40", "digits", "cifar10")
@@ -153,12 +153,7 @@ _POINTS = {
 
 def get_config(variant: str = "mnist1d") -> ml_collections.ConfigDict:
     """The study of task ``TASK`` (``variant = TASK[:local]``)."""
-    task, _, rest = variant.partition(":")
-    if task not in TASKS:
-        raise ValueError(
-            f"Unknown variant {variant!r}: study.py needs the task, study.py:TASK[:local] "
-            f"with TASK one of {', '.join(TASKS)}."
-        )
+    task, rest = split_task(variant, TASKS, "study.py", rest="local")
     if task.startswith("mnist1d"):
         c = _mnist1d({"mnist1d": 0.0, "mnist1d_noise20": 0.2, "mnist1d_noise40": 0.4}[task])
     else:

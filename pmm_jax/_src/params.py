@@ -164,13 +164,13 @@ def pmm_penalty_from_params(
         logits = features @ kernel.astype(features.dtype)
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
+    axes = {"axis_name": axis_name, "class_axis_name": class_axis_name}
     return pmm_penalty(
         logits,
         labels,
         features,
         kernel,
         where=where,
-        axis_name=axis_name,
-        class_axis_name=class_axis_name,
         stop_radius_gradient=stop_radius_gradient,
+        **axes,
     )
