@@ -353,7 +353,7 @@ def test_config_json_and_summary_record_each_methods_effective_config(tmp_path):
 # --- 6. Every config validates; the sweep too ------------------------------------------
 
 VARIANTS = {
-    "default": ["", "local"],
+    "default": ["", "local", "paper", "auto"],
     "sweep_mnist1d": ["", "local", "layers"],
     "tweets_minilm": ["", "sweep", "full", "local"],
     "glue": [

@@ -2,6 +2,7 @@
 
     python -m experiments.train --workdir runs/mnist1d
     python -m experiments.train --workdir runs/mnist1d --config experiments/configs/default.py:paper
+    python -m experiments.train --workdir runs/mnist1d --config experiments/configs/default.py:auto
     python -m experiments.train --workdir /tmp/smoke --config experiments/configs/default.py:local
 
 Every method trains the published MNIST-1D ConvBase (3 conv layers of 25
@@ -16,6 +17,7 @@ import ml_collections
 
 from experiments.config.fields import base_config
 from experiments.configs.common import PAPER_SCHEDULE, apply_variant, ramp
+from experiments.configs.study import AUTO_SCALE
 
 # Chosen by `python -m experiments.sweep` (best mean validation accuracy over 3
 # seeds, validation = the last 500 training examples; run of 2026-11-29, see
@@ -56,7 +58,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     )
     # Two methods at a time, one per core (the numbers are those of one at a time).
     c.parallel_groups = 2
-    return apply_variant(c, variant, shared=(), own={"local": _local, "paper": add_paper_schedule})
+    own = {"local": _local, "paper": add_paper_schedule, "auto": add_auto_alpha}
+    return apply_variant(c, variant, shared=(), own=own)
 
 
 def add_paper_schedule(c) -> None:
@@ -65,6 +68,16 @@ def add_paper_schedule(c) -> None:
     other methods back."""
     c.methods.pmm_paper = ml_collections.ConfigDict({"pmm": dict(PAPER_SCHEDULE)})
     c.method_order = (*c.method_order, "pmm_paper")
+
+
+def add_auto_alpha(c) -> None:
+    """The main job plus PMM with the self-calibrating alpha (``alpha_schedule="auto"``
+    at the study's one setting, ``AUTO_SCALE``; nothing swept). Run in the main job's
+    workdir, it trains only ``pmm_auto`` and reads the other methods back."""
+    c.methods.pmm_auto = ml_collections.ConfigDict(
+        {"pmm": {"alpha_schedule": "auto", "alpha_end": AUTO_SCALE}}
+    )
+    c.method_order = (*c.method_order, "pmm_auto")
 
 
 def _local(c) -> None:
