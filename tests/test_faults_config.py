@@ -355,7 +355,7 @@ def test_config_json_and_summary_record_each_methods_effective_config(tmp_path):
 VARIANTS = {
     "default": ["", "local", "paper", "auto"],
     "sweep_mnist1d": ["", "local", "layers"],
-    "tweets_minilm": ["", "sweep", "full", "local"],
+    "tweets_minilm": ["", "sweep", "full", "local", "auto"],
     "glue": [
         *(
             f"{task}{v}"

@@ -49,6 +49,7 @@ import ml_collections
 
 from experiments.config.fields import base_config
 from experiments.configs.common import apply_variant
+from experiments.configs.study import AUTO_SCALE
 
 # Chosen by the `sweep` variant (2026-11-29): the best mean accuracy on the first
 # 1,000 validation tweets over seeds 10 and 11 (penalty_reduction="mean"; ties go
@@ -129,8 +130,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.tsne = False
     c.methods = ml_collections.ConfigDict({"baseline": _method(None), "pmm": _method(PMM_ALPHA)})
     c.method_order = ("baseline", "pmm")
-    own = {"sweep": _sweep, "full": _full}
+    own = {"sweep": _sweep, "full": _full, "auto": _auto}
     return apply_variant(c, variant, shared=("local",), local=_local, own=own)
+
+
+def _auto(c) -> None:
+    """Both methods plus PMM with the self-calibrating alpha (``alpha_schedule="auto"`` at
+    the study's one setting, ``AUTO_SCALE``; nothing swept), its ratio measured over the
+    48 batches the run trains on. In the main workdir it trains only ``pmm_auto``."""
+    c.methods.pmm_auto = ml_collections.ConfigDict(
+        {"pmm": {"alpha_schedule": "auto", "alpha_end": AUTO_SCALE, "calibration_steps": 48}}
+    )
+    c.method_order = (*c.method_order, "pmm_auto")
 
 
 def _sweep(c) -> None:
