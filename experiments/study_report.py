@@ -94,6 +94,11 @@ def write_report(root: str, out: str) -> None:
         "",
         how_it_was_run(studies),
         "",
+        "The last column of each task divides wall-clock times per step. It measures cost "
+        "only when the task ran alone on an idle machine, one training at a time "
+        "(`parallel_groups=1`); with two at a time or other jobs on the machine it does not "
+        "(`python -m experiments.bench` measures steps under control).",
+        "",
         "## Summary: test accuracy − baseline (points; `*` p < 0.05, `**` p < 0.01, "
         "paired t-test with Holm's correction over the task's comparisons)",
         "",
@@ -162,7 +167,12 @@ def plot_robust(studies: dict[str, dict], out: str) -> str:
                 style = {"lw": 2.5} if name in ("pmm", BASELINE) else {"lw": 1}
                 ax.plot(eps, acc, marker=".", label=name, **style)
             ax.set_title(f"{task}: PGD-{norm.upper()} (CW loss)", fontsize=9)
-            ax.set_xlabel(f"radius ({norm}; fractions of the data's scale)", fontsize=8)
+            fractions = s["methods"][BASELINE]["robustness"]["settings"]["eps_fractions"]
+            ax.set_xlabel(
+                f"{norm} radius (input units; {', '.join(f'{f:g}' for f in fractions)} "
+                "x the data's scale)",
+                fontsize=8,
+            )
             ax.set_ylabel("robust accuracy (%)", fontsize=8)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, ncol=2)
@@ -216,7 +226,7 @@ def format_task(study: dict) -> str:
         f"{len(study['seeds'])} seeds)",
         "",
         "| method | chosen | test acc. (%) | − baseline | − PMM | margin mean | "
-        "L2 robust @ 0.1 | transfer L2 @ 0.1 | median min. L2 | step time |",
+        "L2 robust @ 0.1 | transfer L2 @ 0.1 | median min. L2 | wall time per step ÷ baseline's |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     comps = study["comparisons"]
