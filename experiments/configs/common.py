@@ -35,6 +35,17 @@ def ramp(alpha_end: float, **extra) -> dict:
     }
 
 
+# The self-calibrating alpha's one setting (pmm.alpha_schedule="auto"), the same on every
+# task and not tuned: alpha ends at AUTO_SCALE times the base risk / penalty ratio at the
+# start (experiments/run/calibrate.py; docs/choosing_alpha.md).
+AUTO_SCALE = 1e-2
+
+
+def auto_alpha(**extra) -> dict:
+    """A ``pmm`` block with the self-calibrating alpha at :data:`AUTO_SCALE`."""
+    return {"alpha_schedule": "auto", "alpha_end": AUTO_SCALE, **extra}
+
+
 def _baseline(c: ml_collections.ConfigDict) -> None:
     """The twin with PMM off, everything else equal."""
     c.name += "_baseline"

@@ -16,8 +16,7 @@ README "Choosing alpha".
 import ml_collections
 
 from experiments.config.fields import base_config
-from experiments.configs.common import PAPER_SCHEDULE, apply_variant, ramp
-from experiments.configs.study import AUTO_SCALE
+from experiments.configs.common import PAPER_SCHEDULE, apply_variant, auto_alpha, ramp
 
 # Chosen by `python -m experiments.sweep` (best mean validation accuracy over 3
 # seeds, validation = the last 500 training examples; run of 2026-11-29, see
@@ -72,11 +71,9 @@ def add_paper_schedule(c) -> None:
 
 def add_auto_alpha(c) -> None:
     """The main job plus PMM with the self-calibrating alpha (``alpha_schedule="auto"``
-    at the study's one setting, ``AUTO_SCALE``; nothing swept). Run in the main job's
+    at its one setting, ``common.AUTO_SCALE``; nothing swept). Run in the main job's
     workdir, it trains only ``pmm_auto`` and reads the other methods back."""
-    c.methods.pmm_auto = ml_collections.ConfigDict(
-        {"pmm": {"alpha_schedule": "auto", "alpha_end": AUTO_SCALE}}
-    )
+    c.methods.pmm_auto = ml_collections.ConfigDict({"pmm": auto_alpha()})
     c.method_order = (*c.method_order, "pmm_auto")
 
 

@@ -22,7 +22,7 @@ import ml_collections
 
 from experiments.config.fields import base_config
 from experiments.configs import _vision
-from experiments.configs.common import apply_variant, ramp, split_task
+from experiments.configs.common import apply_variant, auto_alpha, ramp, split_task
 from experiments.objectives import DEFAULT_GRIDS
 
 TASKS = ("mnist1d", "mnist1d_noise20", "mnist1d_noise40", "digits", "cifar10")
@@ -32,9 +32,6 @@ LIST_VARIANTS = TASKS
 PMM_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 WEIGHT_DECAY_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 DROPOUT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-# The self-calibrating alpha's one setting (pmm.alpha_schedule="auto"), not tuned per
-# task: alpha ends at AUTO_SCALE times the base risk / penalty ratio at the start.
-AUTO_SCALE = 1e-2
 
 
 def _objective(name: str, **kwargs) -> dict:
@@ -99,7 +96,7 @@ def methods(points: tuple[str, ...], *, dropout: bool = True) -> tuple[dict, dic
         "multiclass_hinge": (_objective("multiclass_hinge"), None),
         # Issue #20: PMM at every marked layer and the head, and the alpha without a sweep.
         "pmm_layers": ({"pmm": ramp(1e-3, layers=(*points, "head"))}, ramp_grid()),
-        "pmm_auto": ({"pmm": {"alpha_schedule": "auto", "alpha_end": AUTO_SCALE}}, None),
+        "pmm_auto": ({"pmm": auto_alpha()}, None),
     }
     if not dropout:
         del m["dropout"]

@@ -48,8 +48,7 @@ import os
 import ml_collections
 
 from experiments.config.fields import base_config
-from experiments.configs.common import apply_variant
-from experiments.configs.study import AUTO_SCALE
+from experiments.configs.common import apply_variant, auto_alpha
 
 # Chosen by the `sweep` variant (2026-11-29): the best mean accuracy on the first
 # 1,000 validation tweets over seeds 10 and 11 (penalty_reduction="mean"; ties go
@@ -136,11 +135,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def _auto(c) -> None:
     """Both methods plus PMM with the self-calibrating alpha (``alpha_schedule="auto"`` at
-    the study's one setting, ``AUTO_SCALE``; nothing swept), its ratio measured over the
+    its one setting, ``common.AUTO_SCALE``; nothing swept), its ratio measured over the
     48 batches the run trains on. In the main workdir it trains only ``pmm_auto``."""
-    c.methods.pmm_auto = ml_collections.ConfigDict(
-        {"pmm": {"alpha_schedule": "auto", "alpha_end": AUTO_SCALE, "calibration_steps": 48}}
-    )
+    c.methods.pmm_auto = ml_collections.ConfigDict({"pmm": auto_alpha(calibration_steps=48)})
     c.method_order = (*c.method_order, "pmm_auto")
 
 

@@ -94,8 +94,9 @@ def _program(sessions: list[Session], mode: str) -> forms.Program:
 
 
 class Stopped(Exception):
-    """The group stopped before its end because ``stop`` was set (another group failed or
-    the user interrupted); its checkpoints up to here are kept, and a rerun resumes."""
+    """The group stopped before its end because ``stop`` was set (the user interrupted a
+    run of groups in parallel threads); its checkpoints up to here are kept, and a rerun
+    resumes."""
 
 
 def train(
