@@ -29,6 +29,7 @@ from experiments.run.job import train_and_evaluate
 from experiments.run.lock import WorkdirLocked
 from experiments.run.logs import LogRepairWarning, MetricsLog, read_jsonl
 from experiments.sweep import run_sweep
+from tests.crashes import crashing_get_dataset
 from tests.fake_devices import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,20 +73,10 @@ def crashed(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("crashed")
     real_get_dataset = job.get_dataset
 
-    def crashing_get_dataset(name, **kwargs):
-        ds = real_get_dataset(name, **kwargs)
-        real_iter = ds.train_iter
-
-        def train_iter(*args, **kw):
-            for i, batch in enumerate(real_iter(*args, **kw)):
-                if i == 25:
-                    raise KeyboardInterrupt("simulated crash")
-                yield batch
-
-        return dataclasses.replace(ds, train_iter=train_iter)
+    crashing = crashing_get_dataset(real_get_dataset, at_batch=25, error=KeyboardInterrupt)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(job, "get_dataset", crashing_get_dataset)
+        mp.setattr(job, "get_dataset", crashing)
         with pytest.raises(KeyboardInterrupt):
             train_and_evaluate(_config(), str(workdir))
     # The crash released the workdir lock.

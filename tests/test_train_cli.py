@@ -1,6 +1,5 @@
 """The training CLI: --help, --list-configs, a smoke run (schema, plots, resume), the sweep."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from experiments.configs import default, sweep_mnist1d
 from experiments.run import job
 from experiments.run.job import train_and_evaluate
 from experiments.sweep import grid_points, run_sweep
+from tests.crashes import crashing_get_dataset
 from tests.fake_devices import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,19 +150,9 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, capsys, monkeypatch):
     # Crash in the middle of step 25 (the last checkpoint is at step 20).
     real_get_dataset = job.get_dataset
 
-    def crashing_get_dataset(name, **kwargs):
-        ds = real_get_dataset(name, **kwargs)
-        real_iter = ds.train_iter
+    crashing = crashing_get_dataset(real_get_dataset, at_batch=25, error=KeyboardInterrupt)
 
-        def train_iter(*args, **kw):
-            for i, batch in enumerate(real_iter(*args, **kw)):
-                if i == 25:
-                    raise KeyboardInterrupt("simulated crash")
-                yield batch
-
-        return dataclasses.replace(ds, train_iter=train_iter)
-
-    monkeypatch.setattr(job, "get_dataset", crashing_get_dataset)
+    monkeypatch.setattr(job, "get_dataset", crashing)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, str(tmp_path / "part"))
     monkeypatch.setattr(job, "get_dataset", real_get_dataset)
@@ -187,19 +177,9 @@ def test_groups_in_parallel_threads_train_as_one_at_a_time_and_resume(tmp_path, 
 
     real_get_dataset = job.get_dataset
 
-    def crashing_get_dataset(name, **kwargs):
-        ds = real_get_dataset(name, **kwargs)
-        real_iter = ds.train_iter
+    crashing = crashing_get_dataset(real_get_dataset, at_batch=25, error=RuntimeError)
 
-        def train_iter(*args, **kw):  # each group's stream crashes at its batch 25
-            for i, batch in enumerate(real_iter(*args, **kw)):
-                if i == 25:
-                    raise RuntimeError("simulated crash")
-                yield batch
-
-        return dataclasses.replace(ds, train_iter=train_iter)
-
-    monkeypatch.setattr(job, "get_dataset", crashing_get_dataset)
+    monkeypatch.setattr(job, "get_dataset", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_and_evaluate(config, str(tmp_path / "two"))
     monkeypatch.setattr(job, "get_dataset", real_get_dataset)
