@@ -229,6 +229,17 @@ def format_task(study: dict) -> str:
         "L2 robust @ 0.1 | transfer L2 @ 0.1 | median min. L2 | wall time per step ÷ baseline's |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if noise := study.get("label_noise"):
+        flipped = noise["flipped_fraction"]
+        train = np.asarray(flipped["train"], float)
+        sentence = (
+            f"Symmetric label noise at rate {noise['rate']:g} (noise seed {noise['seed']}): "
+            f"{100 * train.mean():.2f} % of the training labels actually flipped (mean over "
+            f"the {train.size} seeds, {100 * train.min():.2f}–{100 * train.max():.2f} %), "
+        )
+        if flipped.get("validation") is not None:
+            sentence += f"{100 * float(flipped['validation']):.2f} % of the validation labels; "
+        lines[1:1] = ["", sentence + "the test labels are clean."]
     comps = study["comparisons"]
     for name, r in study["methods"].items():
         cells = [name, "" if r["chosen"] is None else f"{r['chosen']:g}"]

@@ -135,4 +135,23 @@ def test_one_task_end_to_end_and_the_report(tmp_path):
     study_report.write_report(str(tmp_path), str(tmp_path / "docs"))
     text = (tmp_path / "docs" / "compare.md").read_text()
     assert "| pmm_auto |" in text and "noise20" in text
+    assert "of the training labels actually flipped" in text
     assert os.path.exists(tmp_path / "docs" / "compare_robust.png")
+
+
+def test_the_report_states_the_fraction_of_labels_actually_flipped():
+    rob = {"settings": {"eps_fractions": [0.1]}, "robust_l2": [[0.5, 0.7]]}
+    row = {"chosen": None, "mean": 90.0, "std": 1.0, "margin_mean": [0.1, 0.2],
+           "robustness": rob, "step_time_ratio": 1.0}  # fmt: skip
+    study_json = {
+        "task": "t", "dataset": "mnist1d", "model": "cnn1d", "steps": 10, "seeds": [0, 1],
+        "methods": {"baseline": row}, "comparisons": {},
+        "label_noise": {"rate": 0.2, "seed": 0,
+                        "flipped_fraction": {"train": [0.19, 0.21], "validation": 0.18}},
+    }  # fmt: skip
+    text = study_report.format_task(study_json)
+    assert "rate 0.2 (noise seed 0): 20.00 % of the training labels actually flipped" in text
+    assert "19.00–21.00 %" in text and "18.00 % of the validation labels" in text
+    assert "| baseline |  | 90.00 ± 1.00 |" in text and "| 60.0 |" in text
+    study_json["label_noise"] = None
+    assert "flipped" not in study_report.format_task(study_json)
