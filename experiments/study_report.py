@@ -257,7 +257,27 @@ def format_task(study: dict) -> str:
         cells.append("" if med is None else f"{np.nanmean(med):.3g}")
         cells.append(f"{r['step_time_ratio']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
+    if sentence := _wilcoxon_sentence(comps, len(study["seeds"])):
+        lines += ["", sentence]
     return "\n".join(lines)
+
+
+def _wilcoxon_sentence(comps: dict, n: int) -> str:
+    """What the Wilcoxon signed-rank tests (``compare.json``) can and did show: with
+    ``n`` paired seeds the smallest exact two-sided p is ``2 / 2**n``, and Holm's
+    correction multiplies the smallest p by the number of comparisons ``m``, so no
+    adjusted p falls below ``m * 2 / 2**n`` (0.051 for 10 seeds and 26 comparisons)."""
+    tested = [c for c in comps.values() if c.get("holm_wilcoxon") is not None]
+    if not tested:
+        return ""
+    m, floor = len(tested), min(1.0, len(tested) * 2.0 / 2**n)
+    below = sum(c["holm_wilcoxon"] < 0.05 for c in tested)
+    return (
+        f"The marks use the paired t-test. The Wilcoxon signed-rank tests are in "
+        f"`compare.json`: with {n} seeds their smallest exact two-sided p is {2.0 / 2**n:.3g}, so "
+        f"after Holm's correction over the task's {m} comparisons none can fall below "
+        f"{floor:.3g}; {below} of {m} are below 0.05."
+    )
 
 
 def _at(rob: dict, key: str, fraction: float) -> str:

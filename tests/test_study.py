@@ -155,3 +155,21 @@ def test_the_report_states_the_fraction_of_labels_actually_flipped():
     assert "| baseline |  | 90.00 ± 1.00 |" in text and "| 60.0 |" in text
     study_json["label_noise"] = None
     assert "flipped" not in study_report.format_task(study_json)
+
+
+def test_the_report_says_how_low_the_holm_adjusted_wilcoxon_p_can_go():
+    rob = {"settings": {"eps_fractions": [0.1]}, "robust_l2": [[0.5, 0.7]]}
+    row = {"chosen": None, "mean": 90.0, "std": 1.0, "margin_mean": [0.1, 0.2],
+           "robustness": rob, "step_time_ratio": 1.0}  # fmt: skip
+    comps = {f"m{i} - baseline": {"mean_diff": 0.01, "holm_t": 0.5, "holm_wilcoxon": p}
+             for i, p in enumerate((0.04, 0.2, 1.0))}  # fmt: skip
+    study_json = {
+        "task": "t", "dataset": "digits", "model": "mlp", "steps": 10,
+        "seeds": list(range(10)), "methods": {"baseline": row}, "comparisons": comps,
+    }  # fmt: skip
+    text = study_report.format_task(study_json)
+    # 10 seeds: smallest exact two-sided p = 2 / 1024; times 3 comparisons = 0.00586.
+    assert "smallest exact two-sided p is 0.00195" in text
+    assert "over the task's 3 comparisons none can fall below 0.00586; 1 of 3" in text
+    study_json["comparisons"] = {}
+    assert "Wilcoxon" not in study_report.format_task(study_json)
