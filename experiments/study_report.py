@@ -242,7 +242,8 @@ def format_task(study: dict) -> str:
         lines[1:1] = ["", sentence + "the test labels are clean."]
     comps = study["comparisons"]
     for name, r in study["methods"].items():
-        cells = [name, "" if r["chosen"] is None else f"{r['chosen']:g}"]
+        edge = _at_grid_edge(study.get("selected", {}).get(name))
+        cells = [name, "" if r["chosen"] is None else f"{r['chosen']:g}{' †' if edge else ''}"]
         cells.append(f"{r['mean']:.2f} ± {r['std']:.2f}")
         for ref in (BASELINE, PMM):
             c = comps.get(f"{name} - {ref}")
@@ -257,9 +258,24 @@ def format_task(study: dict) -> str:
         cells.append("" if med is None else f"{np.nanmean(med):.3g}")
         cells.append(f"{r['step_time_ratio']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
+    edges = [m for m in study["methods"] if _at_grid_edge(study.get("selected", {}).get(m))]
+    if edges:
+        lines += [
+            "",
+            f"† chosen at an end of its grid ({', '.join(edges)}): the best value on "
+            "validation may lie beyond the grid, so that method may be understated here.",
+        ]
     if sentence := _wilcoxon_sentence(comps, len(study["seeds"])):
         lines += ["", sentence]
     return "\n".join(lines)
+
+
+def _at_grid_edge(selected: dict | None) -> bool:
+    """Whether the value chosen on validation is the smallest or largest of its grid."""
+    if not selected or not selected.get("rows"):
+        return False
+    values = sorted(row["value"] for row in selected["rows"])
+    return len(values) > 1 and selected["value"] in (values[0], values[-1])
 
 
 def _wilcoxon_sentence(comps: dict, n: int) -> str:

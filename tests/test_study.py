@@ -173,3 +173,22 @@ def test_the_report_says_how_low_the_holm_adjusted_wilcoxon_p_can_go():
     assert "over the task's 3 comparisons none can fall below 0.00586; 1 of 3" in text
     study_json["comparisons"] = {}
     assert "Wilcoxon" not in study_report.format_task(study_json)
+
+
+def test_the_report_marks_a_value_chosen_at_the_end_of_its_grid():
+    rob = {"settings": {"eps_fractions": [0.1]}, "robust_l2": [[0.5, 0.7]]}
+    row = {"mean": 90.0, "std": 1.0, "margin_mean": [0.1, 0.2], "robustness": rob,
+           "step_time_ratio": 1.0}  # fmt: skip
+    rows = [{"value": v} for v in (0.1, 0.3, 1.0)]
+    study_json = {
+        "task": "t", "dataset": "digits", "model": "mlp", "steps": 10, "seeds": [0, 1],
+        "methods": {"baseline": {**row, "chosen": None}, "a": {**row, "chosen": 1.0},
+                    "b": {**row, "chosen": 0.3}},
+        "selected": {"a": {"value": 1.0, "rows": rows}, "b": {"value": 0.3, "rows": rows}},
+        "comparisons": {},
+    }  # fmt: skip
+    text = study_report.format_task(study_json)
+    assert "| a | 1 † |" in text and "| b | 0.3 |" in text
+    assert "† chosen at an end of its grid (a):" in text
+    study_json["selected"]["a"]["value"] = study_json["methods"]["a"]["chosen"] = 0.3
+    assert "†" not in study_report.format_task(study_json)
