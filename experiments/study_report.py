@@ -97,7 +97,8 @@ def write_report(root: str, out: str) -> None:
         "The last column of each task divides wall-clock times per step. It measures cost "
         "only when the task ran alone on an idle machine, one training at a time "
         "(`parallel_groups=1`); with two at a time or other jobs on the machine it does not "
-        "(`python -m experiments.bench` measures steps under control).",
+        "(`python -m experiments.bench` measures steps under control). A task resumed from "
+        "an earlier run's results (grid points, final runs) times only what was left to do.",
         "",
         "## Summary: test accuracy − baseline (points; `*` p < 0.05, `**` p < 0.01, "
         "paired t-test with Holm's correction over the task's comparisons)",
@@ -136,10 +137,11 @@ def plot_noise(studies: dict[str, dict], out: str) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     rates = sorted(by_rate)
-    for name in by_rate[rates[0]]["methods"]:
+    names = list(by_rate[rates[0]]["methods"])
+    for name in names:
         ys = [by_rate[r]["methods"][name]["mean"] for r in rates]
         es = [by_rate[r]["methods"][name]["std"] for r in rates]
-        style = {"lw": 2.5} if name in ("pmm", BASELINE) else {"lw": 1, "alpha": 0.8}
+        style = _style(name, names)
         ax.errorbar(rates, ys, yerr=es, marker="o", capsize=2, label=name, **style)
     ax.set_xlabel("symmetric label-noise rate (training and validation labels)")
     ax.set_ylabel("clean test accuracy (%)")
@@ -164,8 +166,7 @@ def plot_robust(studies: dict[str, dict], out: str) -> str:
                     continue
                 eps = rob["eps"][norm]
                 acc = [100 * np.mean(a) for a in rob[f"robust_{norm}"]]
-                style = {"lw": 2.5} if name in ("pmm", BASELINE) else {"lw": 1}
-                ax.plot(eps, acc, marker=".", label=name, **style)
+                ax.plot(eps, acc, marker=".", label=name, **_style(name, list(s["methods"])))
             ax.set_title(f"{task}: PGD-{norm.upper()} (CW loss)", fontsize=9)
             fractions = s["methods"][BASELINE]["robustness"]["settings"]["eps_fractions"]
             ax.set_xlabel(
@@ -185,7 +186,7 @@ def plot_margins(studies: dict[str, dict], out: str) -> str:
     for j, (task, s) in enumerate(studies.items()):
         for name in s["methods"]:
             mdir = wd.method_dir(os.path.join(s["dir"], "final"), name)
-            style = {"lw": 2.5} if name in ("pmm", BASELINE) else {"lw": 1}
+            style = _style(name, list(s["methods"]))
             if os.path.exists(mdir.examples):
                 m = np.sort(np.load(mdir.examples)["margins"].ravel())
                 axes[0][j].plot(m, np.linspace(0, 1, len(m)), label=name, **style)
@@ -203,6 +204,20 @@ def plot_margins(studies: dict[str, dict], out: str) -> str:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, ncol=2)
     return _save(fig, out, "compare_margins.png")
+
+
+def _style(name: str, names: list[str]) -> dict:
+    """One colour per method, the same in every plot: PMM red and the baseline black,
+    drawn thick; the others tab20's dark shades, then its light ones, reds left out
+    (fourteen methods outrun the default cycle of ten)."""
+    if name == PMM:
+        return {"color": "tab:red", "lw": 2.5, "zorder": 3}
+    if name == BASELINE:
+        return {"color": "black", "lw": 2.5, "zorder": 3}
+    others = [n for n in names if n not in (PMM, BASELINE)]
+    i = others.index(name) if name in others else len(others)
+    shades = [k for k in (*range(0, 20, 2), *range(1, 20, 2)) if k not in (6, 7)]
+    return {"color": _plt().get_cmap("tab20")(shades[i % len(shades)]), "lw": 1.2}
 
 
 def _save(fig, out: str, name: str) -> str:
