@@ -17,24 +17,10 @@ EXTRA = {  # method -> value appended (upper end) or prepended (lower end)
     "am_softmax": 0.6,
     "pmm_layers": 3e-6,
 }
+_NOISY = ("weight_decay", "pmm", "label_smoothing", "confidence_penalty")
 ONLY = {
-    "mnist1d_noise40": (
-        "weight_decay",
-        "pmm",
-        "label_smoothing",
-        "confidence_penalty",
-        "logit_penalty",
-        "logit_norm",
-    ),
-    "mnist1d_noise20": (
-        "weight_decay",
-        "pmm",
-        "label_smoothing",
-        "confidence_penalty",
-        "logit_penalty",
-        "logit_norm",
-        "am_softmax",
-    ),
+    "mnist1d_noise40": (*_NOISY, "logit_penalty", "logit_norm"),
+    "mnist1d_noise20": (*_NOISY, "logit_penalty", "logit_norm", "am_softmax"),
     "mnist1d": ("label_smoothing", "confidence_penalty", "logit_norm", "pmm_layers"),
 }
 
