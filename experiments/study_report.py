@@ -256,9 +256,10 @@ def format_task(study: dict) -> str:
             sentence += f"{100 * float(flipped['validation']):.2f} % of the validation labels; "
         lines[1:1] = ["", sentence + "the test labels are clean."]
     comps = study["comparisons"]
+    edges = [m for m in study["methods"] if _at_grid_edge(study.get("selected", {}).get(m))]
     for name, r in study["methods"].items():
-        edge = _at_grid_edge(study.get("selected", {}).get(name))
-        cells = [name, "" if r["chosen"] is None else f"{r['chosen']:g}{' †' if edge else ''}"]
+        edge = " †" if name in edges else ""
+        cells = [name, "" if r["chosen"] is None else f"{r['chosen']:g}{edge}"]
         cells.append(f"{r['mean']:.2f} ± {r['std']:.2f}")
         for ref in (BASELINE, PMM):
             c = comps.get(f"{name} - {ref}")
@@ -273,7 +274,6 @@ def format_task(study: dict) -> str:
         cells.append("" if med is None else f"{np.nanmean(med):.3g}")
         cells.append(f"{r['step_time_ratio']:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
-    edges = [m for m in study["methods"] if _at_grid_edge(study.get("selected", {}).get(m))]
     if edges:
         lines += [
             "",

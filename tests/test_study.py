@@ -28,11 +28,11 @@ def test_every_task_is_a_valid_config_with_equal_grids(variant):
     for name, g in c.study.grids.items():
         assert list(g["values"]) == sorted(set(g["values"])), name
     if ":" not in variant:
+        assert len(c.seeds) == 10 and len(c.study.tune_seeds) == 3
         # Noisy labels: two more values at the strong end (README "How PMM compares").
         assert sizes == ({8} if "noise" in variant else {6})
-        assert len(c.seeds) == 10 and len(c.study.tune_seeds) == 3
-    if "noise" in variant and ":" not in variant:
-        assert c.study.grids["label_smoothing"]["values"][-2:] == (0.5, 0.7)
+        if "noise" in variant:
+            assert c.study.grids["label_smoothing"]["values"][-2:] == (0.5, 0.7)
 
 
 def test_grid_points_set_every_field_of_the_grid():
@@ -145,10 +145,15 @@ def test_one_task_end_to_end_and_the_report(tmp_path):
     assert os.path.exists(tmp_path / "docs" / "compare_robust.png")
 
 
-def test_the_report_states_the_fraction_of_labels_actually_flipped():
+def _report_row() -> dict:
+    """One method's row of a ``study.json`` (``format_task``'s input), untuned."""
     rob = {"settings": {"eps_fractions": [0.1]}, "robust_l2": [[0.5, 0.7]]}
-    row = {"chosen": None, "mean": 90.0, "std": 1.0, "margin_mean": [0.1, 0.2],
-           "robustness": rob, "step_time_ratio": 1.0}  # fmt: skip
+    return {"chosen": None, "mean": 90.0, "std": 1.0, "margin_mean": [0.1, 0.2],
+            "robustness": rob, "step_time_ratio": 1.0}  # fmt: skip
+
+
+def test_the_report_states_the_fraction_of_labels_actually_flipped():
+    row = _report_row()
     study_json = {
         "task": "t", "dataset": "mnist1d", "model": "cnn1d", "steps": 10, "seeds": [0, 1],
         "methods": {"baseline": row}, "comparisons": {},
@@ -164,9 +169,7 @@ def test_the_report_states_the_fraction_of_labels_actually_flipped():
 
 
 def test_the_report_says_how_low_the_holm_adjusted_wilcoxon_p_can_go():
-    rob = {"settings": {"eps_fractions": [0.1]}, "robust_l2": [[0.5, 0.7]]}
-    row = {"chosen": None, "mean": 90.0, "std": 1.0, "margin_mean": [0.1, 0.2],
-           "robustness": rob, "step_time_ratio": 1.0}  # fmt: skip
+    row = _report_row()
     comps = {f"m{i} - baseline": {"mean_diff": 0.01, "holm_t": 0.5, "holm_wilcoxon": p}
              for i, p in enumerate((0.04, 0.2, 1.0))}  # fmt: skip
     study_json = {
@@ -182,9 +185,7 @@ def test_the_report_says_how_low_the_holm_adjusted_wilcoxon_p_can_go():
 
 
 def test_the_report_marks_a_value_chosen_at_the_end_of_its_grid():
-    rob = {"settings": {"eps_fractions": [0.1]}, "robust_l2": [[0.5, 0.7]]}
-    row = {"mean": 90.0, "std": 1.0, "margin_mean": [0.1, 0.2], "robustness": rob,
-           "step_time_ratio": 1.0}  # fmt: skip
+    row = _report_row()
     rows = [{"value": v} for v in (0.1, 0.3, 1.0)]
     study_json = {
         "task": "t", "dataset": "digits", "model": "mlp", "steps": 10, "seeds": [0, 1],
